@@ -1,0 +1,78 @@
+"""The Parquet index: its schema (one row per output), and reading it back.
+
+One explicit schema for every file, so that a column that happens to be all null in one block
+(``mask``, ``error``) still has its real type and every reader (pandas, pyarrow, Ray Data,
+Hugging Face ``datasets``) sees one consistent table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.storage import arrow_filesystem, join_uri, url_to_fs
+
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+# The contract columns, in order, then extras.
+_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("id", pa.string()),
+    ("sample", pa.int32()),
+    ("image", pa.string()),  # path relative to OUT; IMAGE_STRUCT when output.embed_images
+    ("guide", pa.string()),
+    ("mask", pa.string()),
+    ("t0", pa.float64()),
+    ("sampler", pa.string()),
+    ("steps", pa.int32()),
+    ("passes", pa.int32()),
+    ("seed", pa.int64()),
+    ("model", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("faithfulness_l2", pa.float64()),
+    ("duration_ms", pa.float64()),
+    ("base_seed", pa.int64()),
+    ("model_calls", pa.int64()),
+]
+INDEX_COLUMNS: list[str] = [name for name, _ in _COLUMNS]
+INDEX_DIR = "index"
+
+
+def index_schema(embed_images: bool = False) -> pa.Schema:
+    """The index schema; with embedded images it carries the ``huggingface`` features metadata."""
+    fields = [(name, IMAGE_STRUCT if name == "image" and embed_images else dtype) for name, dtype in _COLUMNS]
+    schema = pa.schema(fields)
+    if not embed_images:
+        return schema
+    return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": _hf_features(schema)}})})
+
+
+def _hf_features(schema: pa.Schema) -> dict[str, Any]:
+    """Hugging Face ``datasets`` features for every column: ``image`` decodes to a PIL image."""
+    names = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
+    return {
+        f.name: {"_type": "Image"} if f.name == "image" else {"dtype": names[f.type], "_type": "Value"}
+        for f in schema
+    }
+
+
+def to_index_table(rows: Sequence[Mapping[str, Any]], embed_images: bool = False) -> pa.Table:
+    schema = index_schema(embed_images)
+    records = [{name: row.get(name) for name in INDEX_COLUMNS} for row in rows]
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+def read_index(out_uri: str, options: Mapping[str, Any] | None = None,
+               columns: list[str] | None = None) -> pa.Table:
+    """The whole index of an output folder (all ``OUT/index/*.parquet`` files) as one table."""
+    fs, path = url_to_fs(join_uri(out_uri, INDEX_DIR), options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{join_uri(out_uri, INDEX_DIR)} does not exist: no index written there")
+    dataset = pq.ParquetDataset(path, filesystem=arrow_filesystem(fs))
+    return dataset.read(columns=columns)

@@ -1,0 +1,213 @@
+"""Manifest reading: Parquet, CSV or JSON Lines manifests -> one Ray Dataset of normalised item rows.
+
+Every manifest is read through Ray Data on an fsspec file system, then normalised to one schema
+(:data:`MANIFEST_SCHEMA`): ids become strings, guide and mask URIs are resolved against the
+manifest file's own folder, and per-item overrides are parsed. A malformed override does not stop
+the job: it is carried in ``problem`` and becomes an error row later. Only what makes the whole job
+ambiguous (a missing column, missing or duplicate ids) stops it before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from pipeline.storage import absolute_uri, arrow_filesystem, is_local, resolve_relative, url_to_fs
+
+MANIFEST_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("guide", pa.string()),
+    ("mask", pa.string()),
+    ("t0", pa.float64()),
+    ("seed", pa.int64()),
+    ("samples", pa.int64()),
+    ("problem", pa.string()),
+])
+REQUIRED_COLUMNS = ("id", "guide")
+MAX_SAMPLES = 10_000
+_FORMATS = {
+    "parquet": (".parquet", ".pq"),
+    "csv": (".csv", ".csv.gz", ".tsv"),
+    "jsonl": (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz"),
+}
+
+
+class ManifestError(ValueError):
+    """The manifests as a whole cannot be run (missing file or column, missing or duplicate ids)."""
+
+
+def manifest_format(uri: str, declared: str = "auto") -> str:
+    if declared != "auto":
+        return declared
+    lowered = uri.lower().rstrip("/")
+    for fmt, suffixes in _FORMATS.items():
+        if lowered.endswith(suffixes):
+            return fmt
+    raise ManifestError(
+        f"input.format: cannot tell the format of {uri!r} from its extension; set input.format"
+    )
+
+
+def peek_columns(uri: str, fmt: str, options: Mapping[str, Any]) -> list[str] | None:
+    """Column names from a manifest file's header, without Ray (for validation); None for folders."""
+    import csv
+    import io
+    import json
+
+    fs, path = url_to_fs(absolute_uri(uri), options)
+    if fs.isdir(path):
+        return None
+    with fs.open(path, "rb", compression="infer") as f:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_schema(f).names
+        first = io.TextIOWrapper(f, encoding="utf-8").readline()
+    if not first.strip():
+        return []
+    if fmt == "csv":
+        return next(csv.reader([first], delimiter="\t" if uri.lower().endswith(".tsv") else ","))
+    row = json.loads(first)
+    return list(row) if isinstance(row, dict) else []
+
+
+def read_manifests(uris: list[str], declared_format: str, options: Mapping[str, Any]) -> ray.data.Dataset:
+    """All manifests as one materialised, normalised dataset; raises :class:`ManifestError`."""
+    parts = [_read_one(absolute_uri(uri), manifest_format(uri, declared_format), options) for uri in uris]
+    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    ds = ds.materialize()
+    _check_ids(ds)
+    return ds
+
+
+def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Dataset:
+    fs, path = url_to_fs(uri, options)
+    if not fs.exists(path):
+        raise ManifestError(f"input.manifest: {uri} does not exist")
+    common: dict[str, Any] = {
+        "filesystem": arrow_filesystem(fs), "include_paths": True, "file_extensions": None,
+    }
+    if fmt == "parquet":
+        raw = ray.data.read_parquet(path, **common)
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        convert = pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in ("id", "guide", "mask")}, strings_can_be_null=True
+        )
+        parse = pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
+        raw = ray.data.read_csv(path, convert_options=convert, parse_options=parse, **common)
+    else:
+        raw = ray.data.read_json(path, lines=True, **common)
+    raw = raw.materialize()
+    columns = raw.schema().names if raw.count() else []
+    if not columns:
+        raise ManifestError(f"input.manifest: {uri} has no rows")
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        shown = ", ".join(c for c in columns if c != "path")
+        raise ManifestError(f"input.manifest: {uri} lacks column(s) {', '.join(missing)} (has: {shown})")
+    protocol = None if is_local(fs) else fs
+    return raw.map_batches(
+        normalize_batch, batch_format="pyarrow", fn_kwargs={"fs": protocol}, udf_modifying_row_count=False
+    )
+
+
+def normalize_batch(batch: pa.Table, fs: Any = None) -> pa.Table:
+    """Raw manifest rows -> :data:`MANIFEST_SCHEMA` rows (a plain function: runs as a Ray task)."""
+    paths = batch.column("path").to_pylist()
+    columns = {name: batch.column(name).to_pylist() if name in batch.column_names else [None] * len(paths)
+               for name in ("id", "guide", "mask", "t0", "seed", "samples")}
+    out: dict[str, list[Any]] = {name: [] for name in MANIFEST_SCHEMA.names}
+    for i, file_path in enumerate(paths):
+        base = fs.unstrip_protocol(file_path) if fs is not None else file_path
+        problems: list[str] = []
+        guide = _text(columns["guide"][i])
+        mask = _text(columns["mask"][i])
+        if guide is None:
+            problems.append("missing guide: the guide column is empty")
+        out["id"].append(_id_text(columns["id"][i]))
+        out["guide"].append(resolve_relative(base, guide) if guide else None)
+        out["mask"].append(resolve_relative(base, mask) if mask else None)
+        out["t0"].append(
+            _number("t0", columns["t0"][i], float, problems, lambda v: 0 < v <= 1, "in (0, 1]")
+        )
+        out["seed"].append(
+            _number("seed", columns["seed"][i], int, problems, lambda v: 0 <= v < 2**63, ">= 0")
+        )
+        out["samples"].append(
+            _number("samples", columns["samples"][i], int, problems, lambda v: 1 <= v <= MAX_SAMPLES,
+                    f"between 1 and {MAX_SAMPLES}")
+        )
+        out["problem"].append("; ".join(problems) or None)
+    return pa.Table.from_pydict(out, schema=MANIFEST_SCHEMA)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (
+        isinstance(value, str) and not value.strip()
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if _missing(value) else str(value).strip()
+
+
+def _id_text(value: Any) -> str | None:
+    if _missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _number(name: str, value: Any, kind: type, problems: list[str], ok: Any, rule: str) -> Any:
+    """Parse one per-item override; a bad one is recorded in ``problems`` and dropped."""
+    if _missing(value):
+        return None
+    try:
+        number = float(value) if kind is float else _to_int(value)
+    except (TypeError, ValueError):
+        expected = "a number" if kind is float else "an integer"
+        problems.append(f"bad override: {name}={value!r} is not {expected}")
+        return None
+    if not ok(number) or (kind is float and not math.isfinite(number)):
+        problems.append(f"bad override: {name}={value!r} must be {rule}")
+        return None
+    return number
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("bool")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())
+    as_float = float(value)
+    if not as_float.is_integer():
+        raise ValueError("not an integer")
+    return int(as_float)
+
+
+def _check_ids(ds: ray.data.Dataset) -> None:
+    """Every output is named after its item id, so ids must be present and unique."""
+    refs = ds.select_columns(["id"]).to_arrow_refs()
+    ids = pa.concat_tables(ray.get(refs)).column("id") if refs else pa.chunked_array([], pa.string())
+    nulls = ids.null_count
+    if nulls:
+        raise ManifestError(f"input.manifest: {nulls} row(s) have no id; every row needs a unique id")
+    counts = pc.value_counts(ids)
+    dup_mask = pc.greater(counts.field("counts"), 1)
+    duplicates = pc.filter(counts.field("values"), dup_mask).to_pylist()
+    if duplicates:
+        shown = ", ".join(repr(d) for d in duplicates[:5])
+        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        raise ManifestError(
+            f"input.manifest: duplicate ids {shown}{more}; ids must be unique across manifests"
+        )

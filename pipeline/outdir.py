@@ -1,0 +1,84 @@
+"""The output folder: refuse or clear a used one, and keep ``OUT/job.json`` (how the outputs were made).
+
+job.json holds the resolved spec with credentials redacted, the model identity, the package versions
+and, once the run ends, its summary: enough to reproduce or audit every output without the job file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from pipeline.index import INDEX_DIR
+from pipeline.redact import redact_argv
+from pipeline.spec import JobSpec
+from pipeline.storage import join_uri, url_to_fs, write_atomic
+
+JOB_FILE = "job.json"
+SHEET_FILE = "sheet.png"
+IMAGES_DIR = "images"
+_PACKAGES = (
+    "sdedit-pipeline", "torch", "diffusers", "ray", "pyarrow", "numpy", "pillow", "fsspec", "pydantic",
+)
+
+
+class OutputExistsError(ValueError):
+    """The output folder already holds results and ``output.if_exists`` is ``error``."""
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def prepare_output(spec: JobSpec) -> None:
+    """Make sure the run starts from an empty output folder, as ``output.if_exists`` says."""
+    options = spec.options_for("output")
+    fs, root = url_to_fs(spec.output.uri, options)
+    used = [name for name in (INDEX_DIR, IMAGES_DIR) if _non_empty(fs, join_uri(root, name))]
+    if used and spec.output.if_exists == "error":
+        raise OutputExistsError(
+            f"output.uri: {spec.output.uri} already holds {' and '.join(used)}/; set "
+            "output.if_exists=overwrite (or --set output.if_exists=overwrite) or pick another output.uri"
+        )
+    for name in (INDEX_DIR, IMAGES_DIR, JOB_FILE, SHEET_FILE):
+        path = join_uri(root, name)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+
+
+def write_job_record(spec: JobSpec, details: Mapping[str, Any]) -> None:
+    """Write (or rewrite) OUT/job.json atomically: the redacted spec, versions and ``details``."""
+    record = {
+        "spec": spec.public_dict(),
+        "versions": versions(),
+        "command": redact_argv(sys.argv),
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **details,
+    }
+    fs, root = url_to_fs(spec.output.uri, spec.options_for("output"))
+    write_atomic(fs, join_uri(root, JOB_FILE), (json.dumps(record, indent=2, default=str) + "\n").encode())
+
+
+def read_job_record(out_uri: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    fs, root = url_to_fs(out_uri, options)
+    with fs.open(join_uri(root, JOB_FILE), "rb") as f:
+        return json.loads(f.read())
+
+
+def _non_empty(fs: Any, path: str) -> bool:
+    try:
+        return fs.exists(path) and bool(fs.ls(path))
+    except FileNotFoundError:
+        return False

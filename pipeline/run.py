@@ -1,0 +1,185 @@
+"""The job: the one place that wires the stages into a Ray Data graph and sets their resources.
+
+read manifests -> repartition -> decode (CPU tasks) -> SDEditor (actor pool, CPU or GPU)
+-> write images (CPU tasks) -> write the Parquet index -> summary, job.json, contact sheet.
+Everything that can be checked before the cluster does any work is checked first (:func:`preflight`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from pipeline.actor import ModelSettings, SDEditor, model_label
+from pipeline.builtin import resolve_model_uri
+from pipeline.decode import MODES, DecodeSettings, decode_batch
+from pipeline.index import INDEX_DIR
+from pipeline.jobfile import SpecError
+from pipeline.manifest import REQUIRED_COLUMNS, manifest_format, peek_columns, read_manifests
+from pipeline.outdir import prepare_output, write_job_record
+from pipeline.spec import JobSpec
+from pipeline.storage import absolute_uri, arrow_filesystem, join_uri, url_to_fs
+from pipeline.summary import RunSummary, summarize
+from pipeline.write import WriteSettings, write_batch
+
+log = logging.getLogger("pipeline")
+
+IO_TASK_CPUS = 0.25  # decode and write are light; fractional CPUs keep them schedulable next to actors
+MIN_ROWS_PER_INDEX_FILE = 5000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the preflight learned from the model: the working image shape and the model identity."""
+
+    channels: int
+    height: int
+    width: int
+    label: str
+    sde: str
+    steps: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.label, "sde": self.sde, "channels": self.channels,
+                "image_size": [self.height, self.width], "steps_at_job_t0": self.steps}
+
+
+def preflight(spec: JobSpec) -> Plan:
+    """Load the model once in the driver and check the spec against it; raises :class:`SpecError`."""
+    import torch
+
+    from sdedit_kernel import load_score_model, resolve_steps
+
+    problems: list[tuple[str, str]] = []
+    for uri in spec.input.manifests:
+        try:
+            fmt = manifest_format(uri, spec.input.format)
+            fs, path = url_to_fs(absolute_uri(uri), spec.options_for("input"))
+            if not fs.exists(path):
+                problems.append(("input.manifest", f"{uri} does not exist"))
+                continue
+            columns = peek_columns(uri, fmt, spec.options_for("input"))
+            missing = [c for c in REQUIRED_COLUMNS if columns is not None and c not in columns]
+            if missing:
+                problems.append(("input.manifest", f"{uri} lacks column(s) {', '.join(missing)}"))
+        except ValueError as e:
+            problems.append(("input.format" if "input.format" in str(e) else "input.manifest", _strip(e)))
+        except Exception as e:  # noqa: BLE001 - a storage error here means the job cannot run
+            problems.append(("input.manifest", f"{uri}: {type(e).__name__}: {e}"))
+    try:
+        model = load_score_model(resolve_model_uri(spec.model.uri), device="cpu", dtype=torch.float32,
+                                 storage_options=spec.options_for("model") or None)
+    except Exception as e:  # noqa: BLE001 - CheckpointError, missing files, network errors alike
+        raise SpecError([*problems, ("model.uri", f"{type(e).__name__}: {e}")]) from None
+    if model.channels not in MODES:
+        problems.append(("model.uri", f"models with {model.channels} channels are not supported (1 or 3)"))
+    height, width = _image_size(spec, model.sample_size, problems)
+    steps = 0
+    try:
+        steps = resolve_steps(model, spec.sampling.t0, spec.sampling.steps, spec.sampling.sampler)
+    except ValueError as e:
+        problems.append(("sampling.steps" if spec.sampling.steps else "sampling.t0", str(e)))
+    if problems:
+        raise SpecError(problems)
+    return Plan(channels=model.channels, height=height, width=width, steps=steps,
+                label=model_label(spec.model.uri, model.digest), sde=type(model.sde).__name__)
+
+
+def _image_size(spec: JobSpec, sample_size: Any, problems: list[tuple[str, str]]) -> tuple[int, int]:
+    size = spec.input.image_size if spec.input.image_size is not None else sample_size
+    if size is None:
+        problems.append(("input.image_size", "the model declares no sample_size; set input.image_size"))
+        return 0, 0
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _strip(e: Exception) -> str:
+    return str(e).split(": ", 1)[1] if str(e).startswith("input.") else str(e)
+
+
+def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset) -> ray.data.Dataset:
+    """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed."""
+    sampling, resources = spec.sampling, spec.resources
+    # Small manifests arrive as one block: split so every actor gets work and batches stream.
+    rows_per_block = max(1, math.ceil(resources.batch_size / sampling.samples_per_item))
+    ds = manifest.repartition(target_num_rows_per_block=rows_per_block, strict=True)
+    ds = ds.map_batches(
+        decode_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+        fn_kwargs={"settings": DecodeSettings(
+            channels=plan.channels, height=plan.height, width=plan.width, policy=spec.input.resize,
+            t0=sampling.t0, seed=sampling.seed, samples=sampling.samples_per_item,
+            storage_options=spec.options_for("input"),
+        )},
+    )
+    pool = resources.actors
+    ds = ds.map_batches(
+        SDEditor, batch_size=resources.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min, max_size=pool.max),
+        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
+        fn_constructor_kwargs={"settings": ModelSettings(
+            uri=spec.model.uri, device=spec.device, dtype=spec.model.dtype, threads=resources.threads,
+            sampler=sampling.sampler, steps=sampling.steps, passes=sampling.passes,
+            channels=plan.channels, height=plan.height, width=plan.width,
+            sampler_options=dict(sampling.options), storage_options=spec.options_for("model"),
+        )},
+    )
+    return ds.map_batches(
+        write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS, udf_modifying_row_count=False,
+        fn_kwargs={"settings": WriteSettings(
+            out_uri=spec.output.uri, image_format=spec.output.format, quality=spec.output.quality,
+            embed_images=spec.output.embed_images, sampler=sampling.sampler, passes=sampling.passes,
+            channels=plan.channels, height=plan.height, width=plan.width,
+            storage_options=spec.options_for("output"),
+        )},
+    )
+
+
+def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
+    """Run a whole job on the current Ray cluster (a local one starts if none is connected).
+
+    Raises :class:`SpecError`, ``ManifestError`` or ``OutputExistsError`` (all ValueErrors) before any
+    work starts when the job cannot run; per-item failures end up in the index instead.
+    """
+    start = time.perf_counter()
+    plan = preflight(spec)
+    manifest = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input"))
+    _warn_if_no_room(spec)
+    prepare_output(spec)
+    write_job_record(spec, {"status": "running", "model": plan.describe()})
+    out_options = spec.options_for("output")
+    fs, root = url_to_fs(spec.output.uri, out_options)
+    build_dataset(spec, plan, manifest).write_parquet(
+        join_uri(root, INDEX_DIR), filesystem=arrow_filesystem(fs), min_rows_per_file=MIN_ROWS_PER_INDEX_FILE,
+    )
+    summary = summarize(spec.output.uri, out_options, time.perf_counter() - start)
+    write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict()})
+    if sheet and spec.output.sheet_items:
+        _write_sheet(spec)
+    return summary
+
+
+def _write_sheet(spec: JobSpec) -> None:
+    from pipeline.sheet import make_sheet
+
+    try:
+        make_sheet(spec.output.uri, out_options=spec.options_for("output"),
+                   input_options=spec.options_for("input"), items=spec.output.sheet_items)
+    except Exception as e:  # noqa: BLE001 - the sheet is a convenience; the outputs are already written
+        log.warning("contact sheet not written: %s: %s", type(e).__name__, e)
+
+
+def _warn_if_no_room(spec: JobSpec) -> None:
+    """Actors that take every CPU leave none for decode and write tasks: the job would stall."""
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    needed = spec.resources.actors.min * spec.resources.num_cpus
+    if cpus and needed + IO_TASK_CPUS > cpus:
+        log.warning(
+            "resources: %s actor(s) x %s CPU leave no CPU for decode/write tasks on a %s-CPU cluster; "
+            "lower resources.num_cpus or resources.actors", spec.resources.actors.min,
+            spec.resources.num_cpus, cpus,
+        )

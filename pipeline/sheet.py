@@ -1,0 +1,113 @@
+"""Contact sheet: one PNG showing, for a sample of items, guide | mask | outputs, read from OUT.
+
+A glance at the sheet answers "did the job do what I meant" before anyone opens the index. It is
+built only from what the run wrote (index, images, job.json), so ``sdedit sheet OUT`` can redraw it
+later; guides and masks are fitted exactly as the decode stage fitted them.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.decode import DecodeSettings, guide_pixels, load_image, mask_bits
+from pipeline.index import read_index
+from pipeline.outdir import SHEET_FILE, read_job_record
+from pipeline.storage import join_uri, read_bytes, url_to_fs, write_atomic
+
+TILE = 112
+LABEL_W = 150
+HEADER_H = 22
+MAX_SAMPLE_COLUMNS = 8
+
+
+def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
+               input_options: Mapping[str, Any] | None = None, items: int = 16) -> str:
+    """Draw the contact sheet of up to ``items`` items into ``OUT/sheet.png``; returns its URI."""
+    job = read_job_record(out_uri, out_options)
+    channels = int(job["model"]["channels"])
+    height, width = (int(v) for v in job["model"]["image_size"])
+    settings = DecodeSettings(channels=channels, height=height, width=width,
+                              policy=job["spec"]["input"]["resize"], t0=0.5, seed=0, samples=1)
+    table = read_index(out_uri, out_options, columns=["id", "sample", "image", "guide", "mask", "status"])
+    rows = table.to_pylist()
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(row["id"], []).append(row)
+    ids = sorted(by_id)
+    stride = max(1, len(ids) // max(1, items))
+    chosen = ids[::stride][:items]
+    columns = min(MAX_SAMPLE_COLUMNS, max((len(by_id[i]) for i in chosen), default=1))
+    sheet = Image.new("RGB", (LABEL_W + TILE * (2 + columns), HEADER_H + TILE * len(chosen)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for c, title in enumerate(["guide", "mask (white = edit)", *[f"sample {s}" for s in range(columns)]]):
+        draw.text((LABEL_W + c * TILE + 4, 4), title, fill="black", font=font)
+    for r, item_id in enumerate(chosen):
+        top = HEADER_H + r * TILE
+        outputs = sorted(by_id[item_id], key=lambda row: row["sample"])
+        draw.text((4, top + TILE // 2 - 6), _short(item_id), fill="black", font=font)
+        first = outputs[0]
+        tiles = [_guide_tile(first["guide"], settings, input_options),
+                 _mask_tile(first["guide"], first["mask"], settings, input_options)]
+        tiles += [_output_tile(out_uri, row, out_options) for row in outputs[:columns]]
+        for c, tile in enumerate(tiles):
+            sheet.paste(tile, (LABEL_W + c * TILE, top))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    fs, root = url_to_fs(out_uri, out_options)
+    write_atomic(fs, join_uri(root, SHEET_FILE), buffer.getvalue())
+    return join_uri(out_uri, SHEET_FILE)
+
+
+def _short(text: str, limit: int = 22) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fit_tile(img: Image.Image) -> Image.Image:
+    scale = (TILE - 4) / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+    tile = Image.new("RGB", (TILE, TILE), (235, 235, 235))
+    tile.paste(img.convert("RGB").resize(size, resample), ((TILE - size[0]) // 2, (TILE - size[1]) // 2))
+    return tile
+
+
+def _note_tile(text: str, colour: tuple[int, int, int] = (120, 120, 120)) -> Image.Image:
+    tile = Image.new("RGB", (TILE, TILE), (235, 235, 235))
+    ImageDraw.Draw(tile).text((6, TILE // 2 - 6), text, fill=colour, font=ImageFont.load_default())
+    return tile
+
+
+def _guide_tile(uri: str | None, settings: DecodeSettings, options: Mapping[str, Any] | None) -> Image.Image:
+    try:
+        pixels = guide_pixels(load_image(uri or "", options or {}, "guide"), settings)
+    except Exception:  # noqa: BLE001 - an unreadable guide is drawn as a note, not an error
+        return _note_tile("guide unreadable", (180, 0, 0))
+    return _fit_tile(Image.fromarray(pixels[:, :, 0] if settings.channels == 1 else pixels))
+
+
+def _mask_tile(guide_uri: str | None, mask_uri: str | None, settings: DecodeSettings,
+               options: Mapping[str, Any] | None) -> Image.Image:
+    if not mask_uri:
+        return _note_tile("no mask: all edited")
+    try:
+        guide_size = load_image(guide_uri or "", options or {}, "guide").size
+        bits = mask_bits(load_image(mask_uri, options or {}, "mask"), guide_size, settings)
+    except Exception:  # noqa: BLE001
+        return _note_tile("mask unreadable", (180, 0, 0))
+    return _fit_tile(Image.fromarray(bits * 255))
+
+
+def _output_tile(out_uri: str, row: Mapping[str, Any], options: Mapping[str, Any] | None) -> Image.Image:
+    image = row["image"]
+    path = image.get("path") if isinstance(image, dict) else image
+    if row["status"] != "ok" or not path:
+        return _note_tile("error", (180, 0, 0))
+    try:
+        return _fit_tile(Image.open(io.BytesIO(read_bytes(join_uri(out_uri, path), options))))
+    except Exception:  # noqa: BLE001
+        return _note_tile("image unreadable", (180, 0, 0))

@@ -1,0 +1,246 @@
+"""Job spec: the one typed object that says what a job does, validated before any work starts.
+
+Pydantic v2 models, ``extra="forbid"`` and frozen: a misspelt field or a wrong value fails at load time
+with its dotted name (``sampling.t0``), and nothing downstream can change the spec. The dotted names
+are a contract that users' job files and ``--set`` rely on; docs/pipeline.md lists them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.builtin import describe_unknown
+from pipeline.redact import redact, strip_userinfo
+
+# The default sampler lives here and nowhere else (a quality study may change it).
+DEFAULT_SAMPLER = "ancestral"
+
+StorageOptions = dict[str, Any]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Section):
+    """Where the guides come from and how they are fitted to the model's size."""
+
+    manifest: str | list[str] = Field(
+        description="Manifest URI, or a list of them (required). Rows: id, guide, optional mask, "
+        "optional per-item t0 / seed / samples. Relative guide and mask URIs resolve against "
+        "the manifest's own folder."
+    )
+    format: Literal["auto", "parquet", "csv", "jsonl"] = Field(
+        "auto", description="Manifest format; auto: from the extension (.parquet, .csv, .jsonl/.json)."
+    )
+    storage_options: StorageOptions | None = Field(
+        None, description="fsspec options for manifests, guides and masks; merged over the top-level ones."
+    )
+    resize: Literal["resize", "center_crop", "pad"] = Field(
+        "resize",
+        description="How a guide of another size is fitted: resize (stretch), center_crop (scale the "
+        "short side, crop) or pad (scale the long side, pad with black). Masks follow with "
+        "nearest-neighbour.",
+    )
+    image_size: int | tuple[int, int] | None = Field(
+        None, description="Working size, int or [height, width]; default: the model's sample size."
+    )
+
+    @field_validator("manifest")
+    @classmethod
+    def _manifest_not_empty(cls, v: str | list[str]) -> str | list[str]:
+        items = [v] if isinstance(v, str) else v
+        if not items or any(not s.strip() for s in items):
+            raise ValueError("give at least one non-empty manifest URI")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, v: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        sizes = [] if v is None else [v] if isinstance(v, int) else list(v)
+        if any(s < 1 or s > 16384 for s in sizes):
+            raise ValueError("sizes must be between 1 and 16384 pixels")
+        return v
+
+    @property
+    def manifests(self) -> list[str]:
+        return [self.manifest] if isinstance(self.manifest, str) else list(self.manifest)
+
+
+class OutputSpec(_Section):
+    """Where and how results are written."""
+
+    uri: str = Field(description="Output folder URI (required): OUT/images/, OUT/index/, OUT/job.json.")
+    format: Literal["png", "jpeg", "webp"] = Field("png", description="Image file format.")
+    quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality (ignored for PNG).")
+    embed_images: bool = Field(
+        False,
+        description="Also store the encoded image in the index: the `image` column becomes "
+        "struct{bytes, path} (the Hugging Face datasets Image layout).",
+    )
+    storage_options: StorageOptions | None = Field(
+        None, description="fsspec options for the output; merged over the top-level ones."
+    )
+    if_exists: Literal["error", "overwrite"] = Field(
+        "error",
+        description="When OUT already holds an index: error (refuse, touch nothing) or overwrite "
+        "(delete OUT/images, OUT/index, OUT/job.json and OUT/sheet.png first).",
+    )
+    sheet_items: int = Field(
+        16, ge=0, le=256, description="Items on the contact sheet OUT/sheet.png; 0 writes no sheet."
+    )
+
+
+class ModelSpec(_Section):
+    """The score model."""
+
+    uri: str = Field(
+        description="Bundled model name (e.g. fashion-mnist-ddpm) or a diffusers UNet2DModel checkpoint "
+        "folder URI (required)."
+    )
+    device: str = Field(
+        "auto", description="auto (cuda when resources.num_gpus > 0, else cpu), cpu, cuda or cuda:N."
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Weights and compute dtype."
+    )
+    storage_options: StorageOptions | None = Field(
+        None, description="fsspec options for the checkpoint; merged over the top-level ones."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        problem = describe_unknown(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        base, _, index = v.partition(":")
+        if base not in ("auto", "cpu", "cuda", "mps") or (index and not (base == "cuda" and index.isdigit())):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class SamplingSpec(_Section):
+    """How SDEdit runs; every output row records the values it actually used."""
+
+    t0: float = Field(
+        0.5, gt=0.0, le=1.0, description="Perturbation time in (0, 1]; manifest column t0 overrides."
+    )
+    sampler: str = Field(DEFAULT_SAMPLER, description="Reverse-SDE sampler (see sdedit_kernel.SAMPLERS).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Sampler options (e.g. eta for ddim), checked against the kernel."
+    )
+    steps: int | None = Field(
+        None, ge=1, description="Reverse steps actually taken from t0 to 0; default: the sampler's own."
+    )
+    passes: int = Field(
+        1, ge=1, le=100, description="Repeat perturb-and-denoise, each pass from the last output."
+    )
+    samples_per_item: int = Field(
+        1, ge=1, le=10_000, description="Independent outputs per item; manifest column samples overrides."
+    )
+    seed: int = Field(0, ge=0, lt=2**63, description="Job seed; manifest column seed overrides per item.")
+
+    @model_validator(mode="after")
+    def _sampler_known(self) -> SamplingSpec:
+        from sdedit_kernel import SAMPLERS, validate_sampler_options
+
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: unknown {self.sampler!r}; choose from {', '.join(sorted(SAMPLERS))}")
+        try:
+            validate_sampler_options(self.sampler, dict(self.options))
+        except ValueError as e:
+            raise ValueError(f"options: {e}") from None
+        return self
+
+
+class ActorRange(_Section):
+    """An autoscaling actor pool between ``min`` and ``max`` actors."""
+
+    min: int = Field(1, ge=1, description="Fewest model actors.")
+    max: int = Field(1, ge=1, description="Most model actors.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActorRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+
+class ResourcesSpec(_Section):
+    """How much of the cluster the job uses."""
+
+    actors: ActorRange = Field(
+        default_factory=ActorRange,
+        description="Model actors: an int (fixed pool) or {min, max} (autoscaling).",
+    )
+    batch_size: int = Field(8, ge=1, le=65_536, description="Outputs per model call.")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor (fractions share a GPU).")
+    num_cpus: float = Field(
+        1.0, gt=0.0, description="CPUs per actor; torch uses this many threads (at least 1)."
+    )
+
+    @field_validator("actors", mode="before")
+    @classmethod
+    def _int_is_fixed_pool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("expected an int or {min, max}")
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("at least 1 actor")
+            return {"min": v, "max": v}
+        return v
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.num_cpus))
+
+
+class JobSpec(_Section):
+    """A whole SDEdit job: input -> model -> sampling -> output, on the given resources."""
+
+    input: InputSpec
+    output: OutputSpec
+    model: ModelSpec
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    storage_options: StorageOptions = Field(
+        default_factory=dict, description="fsspec options for every URI (e.g. endpoint_url, anon, key)."
+    )
+
+    @model_validator(mode="after")
+    def _device_matches_gpus(self) -> JobSpec:
+        if self.model.device.startswith("cuda") and self.resources.num_gpus <= 0:
+            raise ValueError("model.device: cuda needs resources.num_gpus > 0 (Ray hides GPUs otherwise)")
+        if self.resources.num_gpus > 0 and self.model.device in ("cpu", "mps"):
+            raise ValueError("model.device: a GPU is reserved (resources.num_gpus > 0) but device is cpu")
+        return self
+
+    def options_for(self, section: Literal["input", "output", "model"]) -> StorageOptions:
+        """Top-level storage options refined by the section's own (section keys win)."""
+        own = getattr(self, section).storage_options or {}
+        return {**self.storage_options, **own}
+
+    @property
+    def device(self) -> str:
+        if self.model.device == "auto":
+            return "cuda" if self.resources.num_gpus > 0 else "cpu"
+        return self.model.device
+
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data, with every credential redacted (for job.json and logs)."""
+        data = self.model_dump(mode="json")
+        data["storage_options"] = redact(data["storage_options"])
+        for section in ("input", "output", "model"):
+            data[section]["storage_options"] = redact(data[section]["storage_options"])
+        data["input"]["manifest"] = redact(data["input"]["manifest"])
+        data["output"]["uri"] = strip_userinfo(data["output"]["uri"])
+        data["model"]["uri"] = strip_userinfo(data["model"]["uri"])
+        return data
