@@ -1,0 +1,1 @@
+"""Quality measurement: simulated stroke guides, classifier features, KID, and the eval harness."""
