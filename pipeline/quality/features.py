@@ -12,7 +12,7 @@ from torch import nn
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
 DEFAULT_CLASSIFIER_DIR = ASSETS / "fashion-mnist-classifier"
 WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+CONFIG_NAME = "classifier_config.json"  # not config.json: that marks a bundled score model
 
 # Training-split pixel statistics (pixels in [0, 1]); fixed so features never depend on a batch.
 PIXEL_MEAN = 0.2860
@@ -68,7 +68,7 @@ class FashionClassifier(nn.Module):
 
 
 def save_classifier(model: FashionClassifier, out: Path | str, extra_config: dict | None = None) -> None:
-    """Write `model.safetensors` and `config.json` (architecture plus whatever `extra_config` adds)."""
+    """Write `model.safetensors` and `classifier_config.json` (architecture, plus `extra_config`)."""
     from safetensors.torch import save_file
 
     out = Path(out)
