@@ -9,6 +9,7 @@ ambiguous (a missing column, missing or duplicate ids) stops it before any work 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -57,7 +58,6 @@ def peek_columns(uri: str, fmt: str, options: Mapping[str, Any]) -> list[str] | 
     """Column names from a manifest file's header, without Ray (for validation); None for folders."""
     import csv
     import io
-    import json
 
     fs, path = url_to_fs(absolute_uri(uri), options)
     if fs.isdir(path):
@@ -103,26 +103,34 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
         parse = pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
         raw = ray.data.read_csv(path, convert_options=convert, parse_options=parse, **common)
     else:
-        raw = ray.data.read_json(path, lines=True, **common)
+        # Lines are parsed in normalize_batch: Ray's read_json(lines=True) ignores filesystem= and
+        # pyarrow's JSON reader rejects a column whose type changes between rows (id 1, then "x").
+        raw = ray.data.read_text(path, **common)
     raw = raw.materialize()
     columns = raw.schema().names if raw.count() else []
     if not columns:
         raise ManifestError(f"input.manifest: {uri} has no rows")
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns and fmt != "jsonl"]  # JSON: per row
     if missing:
         shown = ", ".join(c for c in columns if c != "path")
         raise ManifestError(f"input.manifest: {uri} lacks column(s) {', '.join(missing)} (has: {shown})")
     protocol = None if is_local(fs) else fs
     return raw.map_batches(
-        normalize_batch, batch_format="pyarrow", fn_kwargs={"fs": protocol}, udf_modifying_row_count=False
+        normalize_batch, batch_format="pyarrow", fn_kwargs={"fs": protocol, "json_lines": fmt == "jsonl"},
+        udf_modifying_row_count=False,
     )
 
 
-def normalize_batch(batch: pa.Table, fs: Any = None) -> pa.Table:
+def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False) -> pa.Table:
     """Raw manifest rows -> :data:`MANIFEST_SCHEMA` rows (a plain function: runs as a Ray task)."""
     paths = batch.column("path").to_pylist()
-    columns = {name: batch.column(name).to_pylist() if name in batch.column_names else [None] * len(paths)
-               for name in ("id", "guide", "mask", "t0", "seed", "samples")}
+    names = ("id", "guide", "mask", "t0", "seed", "samples")
+    if json_lines:
+        records = [_json_record(line) for line in batch.column("text").to_pylist()]
+        columns = {name: [r.get(name) for r in records] for name in names}
+    else:
+        columns = {name: batch.column(name).to_pylist() if name in batch.column_names else [None] * len(paths)
+                   for name in names}
     out: dict[str, list[Any]] = {name: [] for name in MANIFEST_SCHEMA.names}
     for i, file_path in enumerate(paths):
         base = fs.unstrip_protocol(file_path) if fs is not None else file_path
@@ -146,6 +154,15 @@ def normalize_batch(batch: pa.Table, fs: Any = None) -> pa.Table:
         )
         out["problem"].append("; ".join(problems) or None)
     return pa.Table.from_pydict(out, schema=MANIFEST_SCHEMA)
+
+
+def _json_record(line: str) -> dict[str, Any]:
+    """One JSON Lines row; an unparsable line has no id, which stops the job before any work."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _missing(value: Any) -> bool:
@@ -201,7 +218,9 @@ def _check_ids(ds: ray.data.Dataset) -> None:
     ids = pa.concat_tables(ray.get(refs)).column("id") if refs else pa.chunked_array([], pa.string())
     nulls = ids.null_count
     if nulls:
-        raise ManifestError(f"input.manifest: {nulls} row(s) have no id; every row needs a unique id")
+        raise ManifestError(
+            f"input.manifest: {nulls} row(s) have no id (or are not valid JSON); every row needs a unique id"
+        )
     counts = pc.value_counts(ids)
     dup_mask = pc.greater(counts.field("counts"), 1)
     duplicates = pc.filter(counts.field("values"), dup_mask).to_pylist()

@@ -1,0 +1,168 @@
+"""Shared fixtures: one local Ray instance per session, a tiny score model, guides and manifests.
+
+Ray starts once (it takes seconds); every end-to-end run shares it. The model is a tiny diffusers
+UNet2DModel (16x16, one channel) with a DDPM scheduler config, so a run takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SIZE = 16
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2,
+                 logging_level="warning", configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield
+    ray.shutdown()
+
+
+def build_tiny_model(folder: Path, channels: int = 1) -> Path:
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    net = UNet2DModel(
+        sample_size=SIZE, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        layers_per_block=1, norm_num_groups=4,
+    )
+    net.save_pretrained(folder, safe_serialization=True)
+    DDPMScheduler(clip_sample=False).save_config(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def _guide(seed: int, size: tuple[int, int] = (SIZE, SIZE)) -> Image.Image:
+    """A blocky grey 'stroke painting' (few levels), deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.choice(np.array([0, 90, 180, 250], np.uint8), size=(4, 4))
+    return Image.fromarray(coarse).resize((size[1], size[0]), Image.Resampling.NEAREST)
+
+
+# Items every end-to-end run shares: plain guides, an odd-sized one, a masked one, one with overrides.
+GOOD_ITEMS = ["plain-0", "plain-1", "odd-size", "masked", "override"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Guides and masks under ``data/img/``, manifests in ``data/`` with relative URIs."""
+    root = tmp_path_factory.mktemp("data")
+    img = root / "img"
+    img.mkdir()
+    _guide(0).save(img / "g0.png")
+    _guide(1).save(img / "g1.png")
+    _guide(2, (20, 24)).convert("RGB").save(img / "odd.png")  # other size and mode: fitted + converted
+    _guide(3).save(img / "g3.png")
+    mask = np.zeros((2 * SIZE, 2 * SIZE), np.uint8)  # twice the guide's size: resized nearest
+    mask[:, SIZE:] = 200  # right half: edit (>= 128)
+    mask[:, : SIZE // 2] = 100  # grey below 128: keep
+    Image.fromarray(mask).save(img / "m3.png")
+    (img / "corrupt.png").write_bytes(b"not a png at all")
+    return root
+
+
+def _manifest_rows(include_bad: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {"id": "plain-0", "guide": "img/g0.png"},
+        {"id": "plain-1", "guide": "img/g1.png"},
+        {"id": "odd-size", "guide": "img/odd.png"},
+        {"id": "masked", "guide": "img/g3.png", "mask": "img/m3.png"},
+        {"id": "override", "guide": "img/g0.png", "t0": 0.2, "seed": 7, "samples": 3},
+    ]
+    if include_bad:
+        rows += [
+            {"id": "missing", "guide": "img/nope.png"},
+            {"id": "corrupt", "guide": "img/corrupt.png"},
+            {"id": "bad-t0", "guide": "img/g1.png", "t0": 2.0},
+            {"id": "../weird/Ünïcode id", "guide": "img/g1.png"},
+        ]
+    return [{"id": r["id"], "guide": r["guide"], "mask": r.get("mask"), "t0": r.get("t0"),
+             "seed": r.get("seed"), "samples": r.get("samples")} for r in rows]
+
+
+def _write_manifest(folder: Path, name: str, rows: list[dict[str, Any]]) -> Path:
+    """Write rows as CSV, JSON Lines or Parquet, chosen by ``name``'s extension."""
+    path = folder / name
+    if name.endswith(".csv"):
+        import csv
+
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in rows])
+    elif name.endswith(".jsonl"):
+        lines = [json.dumps({k: v for k, v in r.items() if v is not None}) for r in rows]
+        path.write_text("".join(line + "\n" for line in lines))
+    else:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def _job_data(model: Path, manifest: Path | str, out: Path | str,
+              **sections: dict[str, Any]) -> dict[str, Any]:
+    """A job spec as plain data: tiny model, few steps; ``sections`` refine it."""
+    data: dict[str, Any] = {
+        "input": {"manifest": str(manifest)},
+        "output": {"uri": str(out), "sheet_items": 4},
+        "model": {"uri": str(model)},
+        "sampling": {"t0": 0.1, "steps": 3, "samples_per_item": 2, "seed": 11},
+        "resources": {"actors": 1, "batch_size": 4, "num_cpus": 0.5},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Helpers reach the tests as fixtures, so no test module imports conftest by a package path.
+@pytest.fixture(scope="session")
+def manifest_rows() -> Any:
+    return _manifest_rows
+
+
+@pytest.fixture(scope="session")
+def write_manifest() -> Any:
+    return _write_manifest
+
+
+@pytest.fixture(scope="session")
+def job_data() -> Any:
+    return _job_data
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Any:
+    return _free_port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Ray Data warns about its own deprecated DataContext fields whenever a context is copied.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:ray.data.context")

@@ -1,0 +1,202 @@
+"""End to end on the shared local Ray: one run per manifest format, then checks on what they wrote.
+
+Three runs share the same good items: CSV (through the CLI, with bad items and secrets, batch 4,
+one actor), JSON Lines (batch 1, embedded images) and Parquet (two actors). Images must match
+byte for byte across them: an output depends on its seed, never on its batch or actor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.index import INDEX_COLUMNS
+from pipeline.jobfile import build_spec
+from pipeline.run import run_job
+
+SIZE = 16  # the tiny model's sample size (conftest)
+GOOD_ITEMS = ["plain-0", "plain-1", "odd-size", "masked", "override"]
+SECRET = "s3cr3t-Value-42"
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _images(out: Path, df: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
+    ok = df[df.status == "ok"]
+    return {(r.id, r.sample): np.asarray(Image.open(out / _path(r.image))) for r in ok.itertuples()}
+
+
+def _path(image: Any) -> str:
+    return image["path"] if isinstance(image, dict) else image
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_dir: Path,
+            manifest_rows: Any, write_manifest: Any, job_data: Any) -> dict[str, Any]:
+    manifest = write_manifest(data_dir, "all.csv", manifest_rows(include_bad=True))
+    out = tmp_path_factory.mktemp("csv") / "out"
+    data = job_data(tiny_model, manifest, out)
+    data["storage_options"] = {"token": SECRET}
+    job = tmp_path_factory.mktemp("jobs") / "job.yaml"
+    job.write_text(yaml.safe_dump(data))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["run", str(job), "--set", f"output.storage_options={{password: {SECRET}}}"])
+    df = pd.read_parquet(out / "index")
+    return {"out": out, "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "df": df}
+
+
+@pytest.fixture(scope="module")
+def jsonl_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_dir: Path,
+              manifest_rows: Any, write_manifest: Any, job_data: Any) -> dict[str, Any]:
+    manifest = write_manifest(data_dir, "good.jsonl", manifest_rows(include_bad=False))
+    out = tmp_path_factory.mktemp("jsonl") / "out"
+    spec = build_spec(job_data(tiny_model, manifest, out, resources={"batch_size": 1},
+                               output={"embed_images": True, "sheet_items": 0}))
+    summary = run_job(spec)
+    return {"out": out, "summary": summary, "df": pd.read_parquet(out / "index")}
+
+
+@pytest.fixture(scope="module")
+def parquet_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_dir: Path,
+                manifest_rows: Any, write_manifest: Any, job_data: Any) -> dict[str, Any]:
+    manifest = write_manifest(data_dir, "good.parquet", manifest_rows(include_bad=False))
+    out = tmp_path_factory.mktemp("parquet") / "out"
+    spec = build_spec(job_data(tiny_model, manifest, out, resources={"actors": 2, "num_cpus": 0.5},
+                               output={"sheet_items": 0}))
+    summary = run_job(spec)
+    return {"out": out, "summary": summary, "df": pd.read_parquet(out / "index")}
+
+
+def test_csv_run_exit_code_and_summary(csv_run: dict[str, Any]) -> None:
+    assert csv_run["code"] == 3, csv_run["stderr"]
+    text = csv_run["stdout"]
+    assert "outputs written" in text and "items/s" in text
+    assert "failed: 1 item(s): missing guide" in text
+    assert "failed: 1 item(s): bad guide" in text
+    assert "failed: 1 item(s): bad override" in text
+
+
+def test_row_counts_and_columns(csv_run: dict[str, Any]) -> None:
+    df = csv_run["df"]
+    assert list(df.columns) == INDEX_COLUMNS
+    # 2 samples per item, except "override" (3); error items still get one row per sample.
+    assert len(df) == 2 * 8 + 3
+    assert df.groupby("id").size().to_dict()["override"] == 3
+    assert not df.duplicated(["id", "sample"]).any()
+    ok = df[df.status == "ok"]
+    assert set(ok.id) == set(GOOD_ITEMS) | {"../weird/Ünïcode id"}
+    assert (ok.sampler == "ancestral").all() and (ok.passes == 1).all() and (ok.steps == 3).all()
+    assert (ok.model_calls == 3).all()
+    assert (ok.width == SIZE).all() and (ok.height == SIZE).all()
+    assert ok.model.str.match(r"^[\w.-]+@sha256:[0-9a-f]{64}$").all()
+    assert ok.error.isna().all() and ok.duration_ms.gt(0).all()
+    assert ok.faithfulness_l2.between(0, 1).all()
+    assert ok.guide.map(lambda g: Path(g).is_absolute()).all()  # resolved against the manifest
+    assert (ok.t0[ok.id != "override"] == 0.1).all()
+    for row in ok.itertuples():
+        image = Image.open(csv_run["out"] / row.image)
+        assert image.size == (SIZE, SIZE) and image.mode == "L"
+        assert row.image.startswith("images/") and "/" not in row.image[len("images/"):]
+
+
+def test_error_rows_name_their_reason(csv_run: dict[str, Any]) -> None:
+    df = csv_run["df"].set_index(["id", "sample"])
+    assert df.loc[("missing", 0), "error"].startswith("missing guide:")
+    assert df.loc[("corrupt", 1), "error"].startswith("bad guide:")
+    assert df.loc[("bad-t0", 0), "error"].startswith("bad override: t0=2.0")
+    bad = df[df.status == "error"]
+    assert bad.image.isna().all() and bad.width.isna().all()
+
+
+def test_per_item_overrides(csv_run: dict[str, Any]) -> None:
+    from sdedit_kernel import seed_for
+
+    df = csv_run["df"]
+    row = df[(df.id == "override")].sort_values("sample")
+    assert list(row["sample"]) == [0, 1, 2]
+    assert (row.t0 == 0.2).all() and (row.base_seed == 7).all()
+    assert list(row.seed) == [seed_for(7, "override", s) for s in range(3)]
+    plain = df[df.id == "plain-0"].sort_values("sample")
+    assert list(plain.seed) == [seed_for(11, "plain-0", s) for s in range(2)]
+
+
+def test_kept_region_is_preserved_exactly(csv_run: dict[str, Any], data_dir: Path) -> None:
+    df = csv_run["df"]
+    guide = np.asarray(Image.open(data_dir / "img" / "g3.png"))
+    for row in df[df.id == "masked"].itertuples():
+        out = np.asarray(Image.open(csv_run["out"] / row.image))
+        np.testing.assert_array_equal(out[:, : SIZE // 2], guide[:, : SIZE // 2])  # mask 0 / grey 100
+        assert not np.array_equal(out[:, SIZE // 2:], guide[:, SIZE // 2:])  # edited half changed
+
+
+def test_index_reads_with_pyarrow_and_pandas(csv_run: dict[str, Any]) -> None:
+    table = pq.read_table(csv_run["out"] / "index")
+    assert table.num_rows == len(csv_run["df"])
+    assert table.schema.field("sample").type == "int32" and table.schema.field("mask").type == "string"
+    df = table.to_pandas()
+    assert df.loc[df.id == "masked", "mask"].iloc[0].endswith("m3.png")
+
+
+def test_unsafe_ids_get_safe_names(csv_run: dict[str, Any]) -> None:
+    df = csv_run["df"]
+    names = df[df.id == "../weird/Ünïcode id"].image
+    assert all(n.startswith("images/weird_Unicode_id-") for n in names)
+    assert all((csv_run["out"] / n).resolve().parent == (csv_run["out"] / "images").resolve() for n in names)
+
+
+def test_job_json_and_outputs_hold_no_secret(csv_run: dict[str, Any]) -> None:
+    out = csv_run["out"]
+    record = json.loads((out / "job.json").read_text())
+    assert record["spec"]["storage_options"]["token"] == "***redacted***"
+    assert record["spec"]["output"]["storage_options"]["password"] == "***redacted***"
+    assert record["summary"]["outputs_ok"] == 13 and record["versions"]["ray"]
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in csv_run["stdout"] + csv_run["stderr"]
+
+
+def test_contact_sheet_written_and_redrawn(csv_run: dict[str, Any]) -> None:
+    sheet = csv_run["out"] / "sheet.png"
+    first = Image.open(sheet)
+    assert first.size[0] > 4 * 100 and first.size[1] > 4 * 100  # 4 items: label, guide, mask, 2 samples
+    sheet.unlink()
+    assert main(["sheet", str(csv_run["out"]), "--items", "2"]) == 0
+    assert Image.open(sheet).size[1] < first.size[1]
+
+
+def test_jsonl_run_embeds_images_for_hugging_face(jsonl_run: dict[str, Any]) -> None:
+    assert jsonl_run["summary"].exit_code == 0
+    table = pq.read_table(jsonl_run["out"] / "index")
+    assert table.schema.field("image").type.names == ["bytes", "path"]
+    features = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
+    assert features["image"] == {"_type": "Image"} and set(features) == set(INDEX_COLUMNS)
+    for image in table.column("image").to_pylist():
+        assert (jsonl_run["out"] / image["path"]).read_bytes() == image["bytes"]
+
+
+def test_batch_size_1_and_4_give_identical_images(csv_run: dict[str, Any], jsonl_run: dict[str, Any]) -> None:
+    a, b = _images(csv_run["out"], csv_run["df"]), _images(jsonl_run["out"], jsonl_run["df"])
+    assert len(b) == 2 * 4 + 3
+    for key, pixels in b.items():
+        np.testing.assert_array_equal(pixels, a[key], err_msg=str(key))
+
+
+def test_one_and_two_actors_give_identical_images(csv_run: dict[str, Any],
+                                                  parquet_run: dict[str, Any]) -> None:
+    assert parquet_run["summary"].exit_code == 0
+    a, c = _images(csv_run["out"], csv_run["df"]), _images(parquet_run["out"], parquet_run["df"])
+    assert len(c) == 2 * 4 + 3
+    for key, pixels in c.items():
+        np.testing.assert_array_equal(pixels, a[key], err_msg=str(key))
