@@ -49,6 +49,7 @@ class DecodeSettings:
     seed: int
     samples: int
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    done: frozenset[tuple[str, int]] = frozenset()  # (id, sample) already written (resume)
 
 
 def fit_image(img: Image.Image, height: int, width: int, policy: str, resample: int) -> Image.Image:
@@ -114,6 +115,9 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
         samples = row["samples"] or settings.samples
         base_seed = row["seed"] if row["seed"] is not None else settings.seed
         t0 = row["t0"] if row["t0"] is not None else settings.t0
+        todo = [s for s in range(samples) if (row["id"], s) not in settings.done]
+        if not todo:
+            continue
         pixels = edit_mask = None
         error = row["problem"]
         if error is None:
@@ -127,7 +131,7 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
                 error, pixels, edit_mask = str(e), None, None
             except Exception as e:  # noqa: BLE001 - an unexpected decoder failure is still one item's
                 error, pixels, edit_mask = f"decode error: {type(e).__name__}: {e}", None, None
-        for sample in range(samples):
+        for sample in todo:
             out["id"].append(row["id"])
             out["sample"].append(sample)
             out["guide"].append(row["guide"])

@@ -51,6 +51,9 @@ def prepare_output(spec: JobSpec) -> None:
             f"output.uri: {spec.output.uri} already holds {' and '.join(used)}/; set "
             "output.if_exists=overwrite (or --set output.if_exists=overwrite) or pick another output.uri"
         )
+    if spec.output.if_exists == "resume":
+        fs.makedirs(root, exist_ok=True)
+        return
     for name in (INDEX_DIR, IMAGES_DIR, JOB_FILE, SHEET_FILE):
         path = join_uri(root, name)
         if fs.exists(path):

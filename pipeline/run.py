@@ -22,6 +22,7 @@ from pipeline.index import INDEX_DIR
 from pipeline.jobfile import SpecError
 from pipeline.manifest import REQUIRED_COLUMNS, manifest_format, peek_columns, read_manifests
 from pipeline.outdir import prepare_output, write_job_record
+from pipeline.resume import completed_outputs
 from pipeline.spec import JobSpec
 from pipeline.storage import absolute_uri, arrow_filesystem, join_uri, url_to_fs
 from pipeline.summary import RunSummary, summarize
@@ -30,7 +31,6 @@ from pipeline.write import WriteSettings, write_batch
 log = logging.getLogger("pipeline")
 
 IO_TASK_CPUS = 0.25  # decode and write are light; fractional CPUs keep them schedulable next to actors
-MIN_ROWS_PER_INDEX_FILE = 5000
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def _strip(e: Exception) -> str:
     return str(e).split(": ", 1)[1] if str(e).startswith("input.") else str(e)
 
 
-def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset) -> ray.data.Dataset:
+def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
+                  done: frozenset[tuple[str, int]] = frozenset()) -> ray.data.Dataset:
     """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed."""
     sampling, resources = spec.sampling, spec.resources
     # Small manifests arrive as one block: split so every actor gets work and batches stream.
@@ -113,7 +114,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset) -> ray.
         fn_kwargs={"settings": DecodeSettings(
             channels=plan.channels, height=plan.height, width=plan.width, policy=spec.input.resize,
             t0=sampling.t0, seed=sampling.seed, samples=sampling.samples_per_item,
-            storage_options=spec.options_for("input"),
+            storage_options=spec.options_for("input"), done=done,
         )},
     )
     pool = resources.actors
@@ -150,13 +151,15 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     manifest = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input"))
     _warn_if_no_room(spec)
     prepare_output(spec)
-    write_job_record(spec, {"status": "running", "model": plan.describe()})
+    done = completed_outputs(spec) if spec.output.if_exists == "resume" else frozenset()
+    write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": len(done)})
     out_options = spec.options_for("output")
     fs, root = url_to_fs(spec.output.uri, out_options)
-    build_dataset(spec, plan, manifest).write_parquet(
-        join_uri(root, INDEX_DIR), filesystem=arrow_filesystem(fs), min_rows_per_file=MIN_ROWS_PER_INDEX_FILE,
+    build_dataset(spec, plan, manifest, done).write_parquet(
+        join_uri(root, INDEX_DIR), filesystem=arrow_filesystem(fs),
+        min_rows_per_file=spec.output.rows_per_index_file,
     )
-    summary = summarize(spec.output.uri, out_options, time.perf_counter() - start)
+    summary = summarize(spec.output.uri, out_options, time.perf_counter() - start, done)
     write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict()})
     if sheet and spec.output.sheet_items:
         _write_sheet(spec)

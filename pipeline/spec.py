@@ -83,10 +83,15 @@ class OutputSpec(_Section):
     storage_options: StorageOptions | None = Field(
         None, description="fsspec options for the output; merged over the top-level ones."
     )
-    if_exists: Literal["error", "overwrite"] = Field(
+    if_exists: Literal["error", "overwrite", "resume"] = Field(
         "error",
-        description="When OUT already holds an index: error (refuse, touch nothing) or overwrite "
-        "(delete OUT/images, OUT/index, OUT/job.json and OUT/sheet.png first).",
+        description="When OUT already holds outputs: error (refuse, touch nothing), overwrite (delete "
+        "OUT/images, OUT/index, OUT/job.json, OUT/sheet.png first) or resume (keep the outputs the "
+        "index lists as ok, produce only the rest; the sampling/model fields must match job.json).",
+    )
+    rows_per_index_file: int = Field(
+        1000, ge=1, description="Index rows per Parquet file: smaller files lose less work to a crash "
+        "(see resume), larger ones read faster.",
     )
     sheet_items: int = Field(
         16, ge=0, le=256, description="Items on the contact sheet OUT/sheet.png; 0 writes no sheet."

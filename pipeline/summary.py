@@ -27,6 +27,8 @@ class RunSummary:
     items_failed: int
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    resumed_outputs: int = 0  # outputs an earlier run had already written (output.if_exists=resume)
+    items_run: int = 0  # items with at least one output produced by this run
 
     @property
     def outputs_failed(self) -> int:
@@ -34,11 +36,12 @@ class RunSummary:
 
     @property
     def items_per_s(self) -> float:
-        return self.items / self.wall_s if self.wall_s > 0 else 0.0
+        """Items this run worked on, per second of this run."""
+        return self.items_run / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def outputs_per_s(self) -> float:
-        return self.outputs / self.wall_s if self.wall_s > 0 else 0.0
+        return (self.outputs - self.resumed_outputs) / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def exit_code(self) -> int:
@@ -55,6 +58,8 @@ class RunSummary:
             f"        {self.wall_s:.1f} s wall, {self.items_per_s:.3f} items/s, "
             f"{self.outputs_per_s:.3f} outputs/s",
         ]
+        if self.resumed_outputs:
+            lines.append(f"        resumed: {self.resumed_outputs} outputs were already done and kept")
         for reason, count in sorted(self.failures_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"        failed: {count} item(s): {reason}")
         return "\n".join(lines)
@@ -65,12 +70,14 @@ def failure_reason(error: str) -> str:
     return error.split(":", 1)[0].strip() or "error"
 
 
-def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float) -> RunSummary:
+def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float,
+              resumed: frozenset[tuple[str, int]] = frozenset()) -> RunSummary:
     """Count outputs and failed items (by reason) from the index under ``out_uri``."""
-    table: pa.Table = read_index(out_uri, options, columns=["id", "status", "error"])
+    table: pa.Table = read_index(out_uri, options, columns=["id", "sample", "status", "error"])
     ids = table.column("id").to_pylist()
     statuses = table.column("status").to_pylist()
     errors = table.column("error").to_pylist()
+    samples = table.column("sample").to_pylist()
     failed_items: dict[str, str] = {}
     for item_id, status, error in zip(ids, statuses, errors, strict=True):
         if status != "ok" and item_id not in failed_items:
@@ -83,4 +90,6 @@ def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float) ->
         items_failed=len(failed_items),
         failures_by_reason=dict(Counter(failed_items.values())),
         wall_s=wall_s,
+        resumed_outputs=len(resumed),
+        items_run=len({i for i, s in zip(ids, samples, strict=True) if (i, s) not in resumed}),
     )

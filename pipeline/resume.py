@@ -1,0 +1,87 @@
+"""Resuming: the index is the truth; a rerun into the same output produces only what is missing.
+
+An output counts as done when the index lists it as ok and its image file exists. Before the rerun
+the index is compacted to exactly those rows (a new file is written first, then the old files are
+deleted, so a crash in between leaves duplicates of identical rows, never a loss), which also drops
+the error rows of the earlier run: their outputs are retried. A resume must make the same outputs
+the earlier run would have, so the fields that shape an output must match OUT/job.json.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.index import INDEX_DIR, index_schema, read_index
+from pipeline.outdir import IMAGES_DIR, read_job_record
+from pipeline.spec import JobSpec
+from pipeline.storage import join_uri, url_to_fs
+
+# Fields that change what an output looks like; anything else (resources, manifests) may change.
+SHAPING_FIELDS = (
+    ("sampling", "t0"), ("sampling", "sampler"), ("sampling", "options"), ("sampling", "steps"),
+    ("sampling", "passes"), ("sampling", "seed"), ("model", "uri"), ("model", "dtype"),
+    ("input", "resize"), ("input", "image_size"), ("output", "format"), ("output", "quality"),
+    ("output", "embed_images"),
+)
+
+
+class ResumeError(ValueError):
+    """The output folder was made by a job that differs in a field that shapes outputs."""
+
+
+def completed_outputs(spec: JobSpec) -> frozenset[tuple[str, int]]:
+    """(id, sample) of every output already done in ``output.uri``; compacts the index on the way."""
+    options = spec.options_for("output")
+    fs, root = url_to_fs(spec.output.uri, options)
+    index_dir = join_uri(root, INDEX_DIR)
+    files = [f for f in (fs.find(index_dir) if fs.exists(index_dir) else []) if f.endswith(".parquet")]
+    if not files:
+        return frozenset()
+    try:
+        record = read_job_record(spec.output.uri, options)
+    except FileNotFoundError:
+        raise ResumeError(
+            f"output.if_exists: {spec.output.uri} has an index but no job.json to resume from"
+        ) from None
+    _check_same_job(spec, record)
+    table = read_index(spec.output.uri, options)
+    images = {p[len(root.rstrip("/")) + 1:] for p in fs.find(join_uri(root, IMAGES_DIR))}
+    keep: list[int] = []
+    done: set[tuple[str, int]] = set()
+    for i, (item_id, sample, status, image) in enumerate(zip(
+        table.column("id").to_pylist(), table.column("sample").to_pylist(),
+        table.column("status").to_pylist(), table.column("image").to_pylist(), strict=True,
+    )):
+        path = image.get("path") if isinstance(image, dict) else image
+        if status == "ok" and path in images and (item_id, sample) not in done:
+            done.add((item_id, sample))
+            keep.append(i)
+    compacted = table.take(pa.array(keep, pa.int64())).cast(index_schema(spec.output.embed_images))
+    with fs.open(join_uri(index_dir, f"resumed-{uuid.uuid4().hex}.parquet"), "wb") as f:
+        pq.write_table(compacted, f)
+    for old in files:
+        fs.rm(old)
+    return frozenset(done)
+
+
+def _check_same_job(spec: JobSpec, record: Mapping[str, Any]) -> None:
+    before, now = record.get("spec", {}), spec.public_dict()
+    changed = [
+        f"{section}.{name}: {before.get(section, {}).get(name)!r} -> {now[section][name]!r}"
+        for section, name in SHAPING_FIELDS
+        if _norm(before.get(section, {}).get(name)) != _norm(now[section][name])
+    ]
+    if changed:
+        raise ResumeError(
+            "output.if_exists: cannot resume into an output made with other settings ("
+            + "; ".join(changed) + "); use output.if_exists=overwrite or another output.uri"
+        )
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,71 @@
+"""Resume after a real crash: kill a running ``sdedit run`` process, rerun with if_exists=resume.
+
+The driver process is SIGKILLed part-way (it runs as a job on the shared Ray instance, which
+then reaps its actors and tasks). The rerun must keep what the index lists as ok, retry the rest,
+and leave exactly one ok row and one image per (id, sample).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.jobfile import build_spec
+from pipeline.run import run_job
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+ITEMS = 24
+
+
+def _manifest(folder: Path) -> Path:
+    path = folder / "many.csv"
+    lines = ["id,guide"] + [f"item-{i:02d},img/g{i % 2}.png" for i in range(ITEMS)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_data: Any) -> None:
+    import ray
+
+    out = tmp_path / "out"
+    data = job_data(tiny_model, _manifest(data_dir), out, sampling={"steps": 40, "samples_per_item": 1},
+                    resources={"batch_size": 1}, output={"rows_per_index_file": 1, "sheet_items": 0})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(data))
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job), "--address", address],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if len(list((out / "index").glob("*.parquet"))) >= 3:
+                break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    before = pd.read_parquet(out / "index") if (out / "index").exists() else pd.DataFrame()
+    assert 3 <= len(before) < ITEMS, "the run was not killed part-way"
+
+    with pytest.raises(ValueError, match="sampling.t0"):  # a resume must not mix settings
+        run_job(build_spec({**data, "sampling": {**data["sampling"], "t0": 0.3},
+                            "output": {**data["output"], "if_exists": "resume"}}))
+    summary = run_job(build_spec({**data, "output": {**data["output"], "if_exists": "resume"}}))
+    after = pd.read_parquet(out / "index")
+    assert summary.exit_code == 0 and summary.outputs == ITEMS
+    assert summary.resumed_outputs == len(before[before.status == "ok"].drop_duplicates(["id", "sample"]))
+    assert sorted(after.id) == [f"item-{i:02d}" for i in range(ITEMS)] and (after.status == "ok").all()
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(p).name for p in after.image)
+    kept = before[before.status == "ok"].set_index("id")
+    for row in after[after.id.isin(kept.index)].itertuples():  # the earlier rows were kept as they were
+        assert row.seed == kept.loc[row.id, "seed"] and row.duration_ms == kept.loc[row.id, "duration_ms"]
