@@ -62,7 +62,8 @@ def study_t0(ev: Evaluator, refs: list[dict], steps_per_unit: int, out: Path) ->
              f"{ev.model.sde.num_train_timesteps}). L2: the paper's per-image norm of (output - guide), "
              "pixels in [0, 1], mean ± standard error over guides; RMS: the same per pixel. KID: vs "
              "real test images on the classifier's standardised features, ± jackknife standard error. "
-             "Real test images' L2 is to a random guide (an unrelated garment).")
+             "Real test images' L2 is to a random guide (an unrelated garment), and their class kept "
+             "is at chance for the same reason.")
     write_table(refs + rows, out, "quality_t0", title="# Study (a): t0 trade-off, ancestral sampler",
                 notes=notes)
     plot_t0(rows[: len(T0S)], official, refs, out / "quality_t0.png")
@@ -139,7 +140,7 @@ def study_samplers(ev: Evaluator, refs: list[dict], samplers: list[str], budgets
     out.mkdir(parents=True, exist_ok=True)
     write_table([*refs, ref, *rows], out, "quality_samplers")
     (out / "quality_samplers.md").write_text(text)
-    plot_samplers(rows, ref, samplers, out / "quality_samplers.png")
+    plot_samplers(rows, ref, samplers, budgets, out / "quality_samplers.png")
     return rows, choice
 
 
@@ -166,7 +167,8 @@ def choose_defaults(rows: list[dict], samplers: list[str], budgets: tuple[int, .
     return choice
 
 
-def plot_samplers(rows: list[dict], ref: dict, samplers: list[str], path: Path) -> None:
+def plot_samplers(rows: list[dict], ref: dict, samplers: list[str], budgets: tuple[int, ...],
+                  path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
     for key, a, label in (("kid", ax[0], "KID vs real"), ("l2", ax[1], "L2 to guide")):
         for s in samplers:
@@ -178,6 +180,8 @@ def plot_samplers(rows: list[dict], ref: dict, samplers: list[str], path: Path) 
             a.axhspan(ref[key] - ref[f"{key}_se"], ref[key] + ref[f"{key}_se"], color="k", alpha=0.12)
             a.axhline(ref[key], color="k", ls="--", label=f"ancestral, {ref['calls']} calls (± SE)")
         a.set(xscale="log", xlabel="model calls per output", ylabel=label, title=f"{label}, t0 = 0.5")
+        a.set_xticks(budgets, [str(b) for b in budgets])
+        a.minorticks_off()
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
     fig.tight_layout()

@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true", help="small smoke run: --n 32 --kid-ref 500")
+    p.add_argument("--quick", action="store_true",
+                   help="small smoke run: --n 32 --kid-ref 500, unconditional row with 100 steps")
     p.add_argument("--out", type=Path, default=Path("out/eval"))
     p.add_argument("--name", default="eval")
     return p
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.n, args.kid_ref = min(args.n, 32), min(args.kid_ref, 500)
+        args.uncond_steps = args.uncond_steps or 100
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
