@@ -63,7 +63,8 @@ The features are standardised per dimension with the training split's mean and s
 {per_class}
 
 Reproduce: `python training/train_classifier.py --out pipeline/assets/models/fashion-mnist-classifier`
-(same seed and thread count give the same weights). Load: `pipeline.quality.features.load_classifier()`.
+(same seed and thread count give the same weights; checked once, bitwise).
+Load: `pipeline.quality.features.load_classifier()`.
 """
     (out / "CARD.md").write_text(card)
 
