@@ -1,0 +1,16 @@
+"""sdedit_kernel: SDEdit (Meng et al., ICLR 2022), exact, for any VP or VE score model. Pure torch."""
+
+from .edit import check_t0, model_calls, resolve_steps, sdedit
+from .errors import CheckpointError, SDEditError
+from .loader import load_score_model, sde_from_scheduler_config
+from .model import PREDICTIONS, ScoreModel
+from .noise import Noise, generator_for, seed_for
+from .samplers import SAMPLERS, Sampler, get_sampler, validate_sampler_options
+from .sde import VESDE, VPSDE, time_grid
+
+__all__ = [
+    "CheckpointError", "Noise", "PREDICTIONS", "SAMPLERS", "SDEditError", "Sampler", "ScoreModel",
+    "VESDE", "VPSDE", "check_t0", "generator_for", "get_sampler", "load_score_model", "model_calls",
+    "resolve_steps", "sde_from_scheduler_config", "sdedit", "seed_for", "time_grid",
+    "validate_sampler_options",
+]

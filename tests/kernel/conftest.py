@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+def tiny_unet(channels: int = 1, size: int = 16, seed: int = 0, **overrides):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    cfg = dict(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
+               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+               layers_per_block=1, norm_num_groups=4)
+    cfg.update(overrides)
+    return UNet2DModel(**cfg).eval()
+
+
+def save_checkpoint(root, net, scheduler: dict, *, layout: str = "flat", weights: str = "safetensors"):
+    """Write a diffusers checkpoint folder in either layout and weight format."""
+    root = str(root)
+    unet_dir = root if layout == "flat" else os.path.join(root, "unet")
+    net.save_pretrained(unet_dir, safe_serialization=(weights == "safetensors"))
+    sched_dir = root if layout == "flat" else os.path.join(root, "scheduler")
+    os.makedirs(sched_dir, exist_ok=True)
+    with open(os.path.join(sched_dir, "scheduler_config.json"), "w") as f:
+        json.dump(scheduler, f)
+    if layout == "pipeline":
+        with open(os.path.join(root, "model_index.json"), "w") as f:
+            json.dump({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
+                       "scheduler": ["diffusers", scheduler["_class_name"]]}, f)
+    return root
+
+
+DDPM_CONFIG = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001,
+               "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon",
+               "variance_type": "fixed_small", "clip_sample": True}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from sdedit_kernel import VPSDE, ScoreModel
+
+    return ScoreModel(tiny_unet(channels=3), VPSDE.linear())
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt") / "flat"
+    return save_checkpoint(root, tiny_unet(channels=1), DDPM_CONFIG)
