@@ -77,6 +77,7 @@ def _fail(headline: str, error: Exception) -> None:
 
 def _validate(job: str, overrides: list[str]) -> int:
     from pipeline.jobfile import SpecError
+    from pipeline.outdir import OutputExistsError, check_output
     from pipeline.run import preflight
 
     spec = _load(job, overrides)
@@ -84,7 +85,8 @@ def _validate(job: str, overrides: list[str]) -> int:
         return EXIT_CANNOT_RUN
     try:
         plan = preflight(spec)
-    except SpecError as e:
+        check_output(spec)
+    except (SpecError, OutputExistsError) as e:
         _fail(f"{job}: cannot run", e)
         return EXIT_CANNOT_RUN
     s = spec.sampling

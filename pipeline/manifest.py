@@ -90,7 +90,9 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
     if not fs.exists(path):
         raise ManifestError(f"input.manifest: {uri} does not exist")
     common: dict[str, Any] = {
-        "filesystem": arrow_filesystem(fs), "include_paths": True, "file_extensions": None,
+        # A folder of manifests needs each row's file for relative URIs; a single file is its own base
+        # (and a user's own "path" column then survives).
+        "filesystem": arrow_filesystem(fs), "include_paths": fs.isdir(path), "file_extensions": None,
     }
     if fmt == "parquet":
         raw = ray.data.read_parquet(path, **common)
@@ -112,18 +114,22 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
         raise ManifestError(f"input.manifest: {uri} has no rows")
     missing = [c for c in REQUIRED_COLUMNS if c not in columns and fmt != "jsonl"]  # JSON: per row
     if missing:
-        shown = ", ".join(c for c in columns if c != "path")
+        shown = ", ".join(columns)
         raise ManifestError(f"input.manifest: {uri} lacks column(s) {', '.join(missing)} (has: {shown})")
-    protocol = None if is_local(fs) else fs
-    return raw.map_batches(
-        normalize_batch, batch_format="pyarrow", fn_kwargs={"fs": protocol, "json_lines": fmt == "jsonl"},
-        udf_modifying_row_count=False,
-    )
+    kwargs = {"fs": None if is_local(fs) else fs, "json_lines": fmt == "jsonl",
+              "base": None if fs.isdir(path) else uri}
+    return raw.map_batches(normalize_batch, batch_format="pyarrow", fn_kwargs=kwargs,
+                           udf_modifying_row_count=False)
 
 
-def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False) -> pa.Table:
-    """Raw manifest rows -> :data:`MANIFEST_SCHEMA` rows (a plain function: runs as a Ray task)."""
-    paths = batch.column("path").to_pylist()
+def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
+                    base: str | None = None) -> pa.Table:
+    """Raw manifest rows -> :data:`MANIFEST_SCHEMA` rows (a plain function: runs as a Ray task).
+
+    ``base``: the manifest URI every relative guide / mask URI resolves against; None: each row's
+    own file, from the ``path`` column Ray adds when reading a folder (``fs`` restores its scheme).
+    """
+    paths = [base] * batch.num_rows if base is not None else batch.column("path").to_pylist()
     names = ("id", "guide", "mask", "t0", "seed", "samples")
     if json_lines:
         records = [_json_record(line) for line in batch.column("text").to_pylist()]
@@ -133,15 +139,15 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False) -
                    for name in names}
     out: dict[str, list[Any]] = {name: [] for name in MANIFEST_SCHEMA.names}
     for i, file_path in enumerate(paths):
-        base = fs.unstrip_protocol(file_path) if fs is not None else file_path
+        row_base = file_path if base is not None or fs is None else fs.unstrip_protocol(file_path)
         problems: list[str] = []
         guide = _text(columns["guide"][i])
         mask = _text(columns["mask"][i])
         if guide is None:
             problems.append("missing guide: the guide column is empty")
         out["id"].append(_id_text(columns["id"][i]))
-        out["guide"].append(resolve_relative(base, guide) if guide else None)
-        out["mask"].append(resolve_relative(base, mask) if mask else None)
+        out["guide"].append(resolve_relative(row_base, guide) if guide else None)
+        out["mask"].append(resolve_relative(row_base, mask) if mask else None)
         out["t0"].append(
             _number("t0", columns["t0"][i], float, problems, lambda v: 0 < v <= 1, "in (0, 1]")
         )

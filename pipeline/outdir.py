@@ -41,16 +41,22 @@ def versions() -> dict[str, str]:
     return found
 
 
-def prepare_output(spec: JobSpec) -> None:
-    """Make sure the run starts from an empty output folder, as ``output.if_exists`` says."""
-    options = spec.options_for("output")
-    fs, root = url_to_fs(spec.output.uri, options)
+def check_output(spec: JobSpec) -> None:
+    """Raise :class:`OutputExistsError` when OUT holds outputs and ``output.if_exists`` is error."""
+    fs, root = url_to_fs(spec.output.uri, spec.options_for("output"))
     used = [name for name in (INDEX_DIR, IMAGES_DIR) if _non_empty(fs, join_uri(root, name))]
     if used and spec.output.if_exists == "error":
         raise OutputExistsError(
             f"output.uri: {spec.output.uri} already holds {' and '.join(used)}/; set "
-            "output.if_exists=overwrite (or --set output.if_exists=overwrite) or pick another output.uri"
+            "output.if_exists=overwrite or resume (e.g. --set output.if_exists=resume) or pick another "
+            "output.uri"
         )
+
+
+def prepare_output(spec: JobSpec) -> None:
+    """Make sure the run starts from an empty output folder, as ``output.if_exists`` says."""
+    check_output(spec)
+    fs, root = url_to_fs(spec.output.uri, spec.options_for("output"))
     if spec.output.if_exists == "resume":
         fs.makedirs(root, exist_ok=True)
         return

@@ -16,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.index import INDEX_DIR, index_schema, read_index
+from pipeline.index import INDEX_DIR, index_schema
+from pipeline.naming import image_relpath
 from pipeline.outdir import IMAGES_DIR, read_job_record
 from pipeline.spec import JobSpec
 from pipeline.storage import join_uri, url_to_fs
@@ -39,7 +40,8 @@ def completed_outputs(spec: JobSpec) -> frozenset[tuple[str, int]]:
     options = spec.options_for("output")
     fs, root = url_to_fs(spec.output.uri, options)
     index_dir = join_uri(root, INDEX_DIR)
-    files = [f for f in (fs.find(index_dir) if fs.exists(index_dir) else []) if f.endswith(".parquet")]
+    found = fs.find(index_dir) if fs.exists(index_dir) else []
+    files = [f for f in found if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith((".", "_"))]
     if not files:
         return frozenset()
     try:
@@ -49,22 +51,25 @@ def completed_outputs(spec: JobSpec) -> frozenset[tuple[str, int]]:
             f"output.if_exists: {spec.output.uri} has an index but no job.json to resume from"
         ) from None
     _check_same_job(spec, record)
-    table = read_index(spec.output.uri, options)
     images = {p[len(root.rstrip("/")) + 1:] for p in fs.find(join_uri(root, IMAGES_DIR))}
-    keep: list[int] = []
+    schema = index_schema(spec.output.embed_images)
     done: set[tuple[str, int]] = set()
-    for i, (item_id, sample, status, image) in enumerate(zip(
-        table.column("id").to_pylist(), table.column("sample").to_pylist(),
-        table.column("status").to_pylist(), table.column("image").to_pylist(), strict=True,
-    )):
-        path = image.get("path") if isinstance(image, dict) else image
-        if status == "ok" and path in images and (item_id, sample) not in done:
-            done.add((item_id, sample))
-            keep.append(i)
-    compacted = table.take(pa.array(keep, pa.int64())).cast(index_schema(spec.output.embed_images))
-    with fs.open(join_uri(index_dir, f"resumed-{uuid.uuid4().hex}.parquet"), "wb") as f:
-        pq.write_table(compacted, f)
-    for old in files:
+    for n, old in enumerate(files):  # one file at a time: embedded images may make the index large
+        with fs.open(old, "rb") as f:
+            table = pq.read_table(f)
+        keep = []
+        for i, (item_id, sample, status) in enumerate(zip(
+            table.column("id").to_pylist(), table.column("sample").to_pylist(),
+            table.column("status").to_pylist(), strict=True,
+        )):
+            path = image_relpath(item_id, sample, spec.output.format)
+            if status == "ok" and path in images and (item_id, sample) not in done:
+                done.add((item_id, sample))
+                keep.append(i)
+        if keep:
+            with fs.open(join_uri(index_dir, f"resumed-{uuid.uuid4().hex[:12]}-{n:05d}.parquet"), "wb") as f:
+                pq.write_table(table.take(pa.array(keep, pa.int64())).cast(schema), f)
+    for old in files:  # only once every kept row is safely in a new file
         fs.rm(old)
     return frozenset(done)
 

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.decode import DecodeSettings, guide_pixels, load_image, mask_bits
 from pipeline.index import read_index
+from pipeline.naming import image_relpath
 from pipeline.outdir import SHEET_FILE, read_job_record
 from pipeline.storage import join_uri, read_bytes, url_to_fs, write_atomic
 
@@ -32,7 +33,9 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     height, width = (int(v) for v in job["model"]["image_size"])
     settings = DecodeSettings(channels=channels, height=height, width=width,
                               policy=job["spec"]["input"]["resize"], t0=0.5, seed=0, samples=1)
-    table = read_index(out_uri, out_options, columns=["id", "sample", "image", "guide", "mask", "status"])
+    # Image paths follow from (id, sample): the image column (maybe embedded bytes) is never read.
+    table = read_index(out_uri, out_options, columns=["id", "sample", "guide", "mask", "status"])
+    image_format = job["spec"]["output"]["format"]
     rows = table.to_pylist()
     by_id: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -53,7 +56,7 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
         first = outputs[0]
         tiles = [_guide_tile(first["guide"], settings, input_options),
                  _mask_tile(first["guide"], first["mask"], settings, input_options)]
-        tiles += [_output_tile(out_uri, row, out_options) for row in outputs[:columns]]
+        tiles += [_output_tile(out_uri, row, image_format, out_options) for row in outputs[:columns]]
         for c, tile in enumerate(tiles):
             sheet.paste(tile, (LABEL_W + c * TILE, top))
     buffer = io.BytesIO()
@@ -102,11 +105,11 @@ def _mask_tile(guide_uri: str | None, mask_uri: str | None, settings: DecodeSett
     return _fit_tile(Image.fromarray(bits * 255))
 
 
-def _output_tile(out_uri: str, row: Mapping[str, Any], options: Mapping[str, Any] | None) -> Image.Image:
-    image = row["image"]
-    path = image.get("path") if isinstance(image, dict) else image
-    if row["status"] != "ok" or not path:
+def _output_tile(out_uri: str, row: Mapping[str, Any], image_format: str,
+                 options: Mapping[str, Any] | None) -> Image.Image:
+    if row["status"] != "ok":
         return _note_tile("error", (180, 0, 0))
+    path = image_relpath(row["id"], row["sample"], image_format)
     try:
         return _fit_tile(Image.open(io.BytesIO(read_bytes(join_uri(out_uri, path), options))))
     except Exception:  # noqa: BLE001

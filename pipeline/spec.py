@@ -106,7 +106,7 @@ class ModelSpec(_Section):
         "folder URI (required)."
     )
     device: str = Field(
-        "auto", description="auto (cuda when resources.num_gpus > 0, else cpu), cpu, cuda or cuda:N."
+        "auto", description="auto (cuda when resources.num_gpus > 0, else cpu), cpu, cuda or mps."
     )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Weights and compute dtype."
@@ -126,9 +126,10 @@ class ModelSpec(_Section):
     @field_validator("device")
     @classmethod
     def _device_name(cls, v: str) -> str:
-        base, _, index = v.partition(":")
-        if base not in ("auto", "cpu", "cuda", "mps") or (index and not (base == "cuda" and index.isdigit())):
-            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        if v not in ("auto", "cpu", "cuda", "cuda:0", "mps"):
+            raise ValueError(
+                "expected auto, cpu, cuda or mps (Ray shows each actor only its own GPUs, as cuda:0)"
+            )
         return v
 
 

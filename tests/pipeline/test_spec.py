@@ -72,6 +72,7 @@ def test_spec_is_frozen() -> None:
     ({"model": {"uri": "no-such-bundled-model"}}, "model.uri"),
     ({"model": {"device": "tpu"}}, "model.device"),
     ({"model": {"device": "cuda"}}, "model.device"),
+    ({"model": {"device": "cuda:1"}, "resources": {"num_gpus": 1}}, "model.device"),
     ({"model": {"dtype": "float8"}}, "model.dtype"),
 ])
 def test_bad_values_name_their_field(sections: dict[str, Any], field: str) -> None:
@@ -155,3 +156,8 @@ def test_validate_command(tmp_path: Path, tiny_model: Path, data_dir: Path, caps
     no_guide.write_text("id,image\na,b.png\n")
     assert main(["validate", str(job), "--set", f"input.manifest={no_guide}"]) == 2
     assert "lacks column(s) guide" in capsys.readouterr().err
+    (tmp_path / "o" / "images").mkdir(parents=True)
+    (tmp_path / "o" / "images" / "old.png").write_bytes(b"x")
+    assert main(["validate", str(job)]) == 2
+    assert "already holds images/" in capsys.readouterr().err
+    assert main(["validate", str(job), "--set", "output.if_exists=resume"]) == 0
