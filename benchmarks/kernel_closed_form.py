@@ -45,7 +45,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     vp = ScoreModel(ExactEpsNet(), VPSDE.linear())
-    rows = ["| sampler | options | kind | VP 5 steps | VP 50 | VP 500 | VE 50 | VE 500 | calls at t0=0.5, default steps |",
+    rows = ["| sampler | options | kind | VP 5 steps | VP 50 | VP 500 | VE 50 | VE 500 "
+            "| calls at t0=0.5, default steps |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, opts in SAMPLERS:
         ode = (name, opts.get("eta")) in ODE

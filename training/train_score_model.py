@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps, keeping the schedule planned for --steps")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     perm = torch.randperm(len(data), generator=gen)
     cursor, running = 0, None
-    for step in range(args.steps):
+    last = min(args.steps, args.stop_after or args.steps)
+    for step in range(last):
         if cursor + args.batch_size > len(perm):
             perm, cursor = torch.randperm(len(data), generator=gen), 0
         x0 = data[perm[cursor : cursor + args.batch_size]]
@@ -109,13 +112,13 @@ def main(argv: list[str] | None = None) -> None:
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 25 == 0 or step == args.steps - 1:
+        if step % 25 == 0 or step == last - 1:
             rec = {"step": step, "loss": loss.item(), "loss_avg": running, "lr": lr_at(step),
                    "elapsed_s": round(time.time() - start, 1)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(rec, flush=True)
-        if (step + 1) % args.save_every == 0 or step == args.steps - 1:
+        if (step + 1) % args.save_every == 0 or step == last - 1:
             save(ema, args.out, {
                 "steps_done": step + 1, "steps_planned": args.steps, "batch_size": args.batch_size,
                 "lr": args.lr, "warmup": args.warmup, "ema": args.ema, "seed": args.seed,
