@@ -150,6 +150,14 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     plan = preflight(spec)
     manifest = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input"))
     _warn_if_no_room(spec)
+    s, pool = spec.sampling, spec.resources.actors
+    log.info(
+        "sdedit: %d items from %d manifest(s); model %s (%dx%d, %d channel(s)); %s from t0=%s, %d steps x %d "
+        "pass(es), %d sample(s)/item; %s actor(s) on %s; output %s", manifest.count(), len(spec.input.manifests),
+        plan.label, plan.height, plan.width, plan.channels, s.sampler, s.t0, plan.steps, s.passes,
+        s.samples_per_item, pool.min if pool.min == pool.max else f"{pool.min}-{pool.max}", spec.device,
+        spec.output.uri,
+    )
     prepare_output(spec)
     done = completed_outputs(spec) if spec.output.if_exists == "resume" else frozenset()
     write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": len(done)})
@@ -158,6 +166,7 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     build_dataset(spec, plan, manifest, done).write_parquet(
         join_uri(root, INDEX_DIR), filesystem=arrow_filesystem(fs),
         min_rows_per_file=spec.output.rows_per_index_file,
+        ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks
     )
     summary = summarize(spec.output.uri, out_options, time.perf_counter() - start, done)
     write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict()})
