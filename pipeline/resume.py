@@ -35,8 +35,12 @@ class ResumeError(ValueError):
     """The output folder was made by a job that differs in a field that shapes outputs."""
 
 
-def completed_outputs(spec: JobSpec) -> frozenset[tuple[str, int]]:
-    """(id, sample) of every output already done in ``output.uri``; compacts the index on the way."""
+def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, int]]:
+    """(id, sample) of every output already done in ``output.uri``; compacts the index on the way.
+
+    ``model_label`` (name and weights digest) must match the earlier run's: same name, other weights
+    (a checkpoint saved again) would make other outputs.
+    """
     options = spec.options_for("output")
     fs, root = url_to_fs(spec.output.uri, options)
     index_dir = join_uri(root, INDEX_DIR)
@@ -51,6 +55,12 @@ def completed_outputs(spec: JobSpec) -> frozenset[tuple[str, int]]:
             f"output.if_exists: {spec.output.uri} has an index but no job.json to resume from"
         ) from None
     _check_same_job(spec, record)
+    before = record.get("model", {}).get("label")
+    if before != model_label:
+        raise ResumeError(
+            f"output.if_exists: cannot resume: the model changed ({before} -> {model_label}); "
+            "use output.if_exists=overwrite or another output.uri"
+        )
     images = {p[len(root.rstrip("/")) + 1:] for p in fs.find(join_uri(root, IMAGES_DIR))}
     schema = index_schema(spec.output.embed_images)
     done: set[tuple[str, int]] = set()

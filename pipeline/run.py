@@ -159,7 +159,7 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
         spec.output.uri,
     )
     prepare_output(spec)
-    done = completed_outputs(spec) if spec.output.if_exists == "resume" else frozenset()
+    done = completed_outputs(spec, plan.label) if spec.output.if_exists == "resume" else frozenset()
     write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": len(done)})
     out_options = spec.options_for("output")
     fs, root = url_to_fs(spec.output.uri, out_options)
