@@ -69,3 +69,16 @@ def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_
     kept = before[before.status == "ok"].set_index("id")
     for row in after[after.id.isin(kept.index)].itertuples():  # the earlier rows were kept as they were
         assert row.seed == kept.loc[row.id, "seed"] and row.duration_ms == kept.loc[row.id, "duration_ms"]
+
+
+def test_resume_refuses_other_weights(tmp_path: Path, tiny_model: Path, job_data: Any) -> None:
+    from pipeline.outdir import write_job_record
+    from pipeline.resume import ResumeError, completed_outputs
+
+    spec = build_spec(job_data(tiny_model, tmp_path / "m.csv", tmp_path / "out",
+                               output={"if_exists": "resume"}))
+    (tmp_path / "out" / "index").mkdir(parents=True)
+    pd.DataFrame({"id": ["a"]}).to_parquet(tmp_path / "out" / "index" / "part.parquet")
+    write_job_record(spec, {"model": {"label": "tiny@sha256:old"}})
+    with pytest.raises(ResumeError, match="the model changed"):
+        completed_outputs(spec, "tiny@sha256:new")
