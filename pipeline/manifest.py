@@ -96,6 +96,9 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
     }
     if fmt == "parquet":
         raw = ray.data.read_parquet(path, **common)
+        wanted = [*MANIFEST_SCHEMA.names[:-1], "path"]  # read only what is used (manifests may be wide)
+        keep = [c for c in raw.schema().names if c in wanted]
+        raw = raw.select_columns(keep) if keep else raw
     elif fmt == "csv":
         import pyarrow.csv as pacsv
 
