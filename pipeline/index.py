@@ -39,6 +39,7 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
     ("duration_ms", pa.float64()),
     ("base_seed", pa.int64()),
     ("model_calls", pa.int64()),
+    ("notes", pa.string()),  # conversions applied to the inputs (mode, alpha, grey mask...); null: none
 ]
 INDEX_COLUMNS: list[str] = [name for name, _ in _COLUMNS]
 INDEX_DIR = "index"
@@ -76,3 +77,12 @@ def read_index(out_uri: str, options: Mapping[str, Any] | None = None,
         raise FileNotFoundError(f"{join_uri(out_uri, INDEX_DIR)} does not exist: no index written there")
     dataset = pq.ParquetDataset(path, filesystem=arrow_filesystem(fs))
     return dataset.read(columns=columns)
+
+
+def conform(table: pa.Table, embed_images: bool = False) -> pa.Table:
+    """``table`` in the current index schema; columns an older index lacks are added as nulls."""
+    schema = index_schema(embed_images)
+    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema.remove_metadata()).cast(schema)
+

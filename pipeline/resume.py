@@ -5,10 +5,16 @@ the index is compacted to exactly those rows (a new file is written first, then 
 deleted, so a crash in between leaves duplicates of identical rows, never a loss), which also drops
 the error rows of the earlier run: their outputs are retried. A resume must make the same outputs
 the earlier run would have, so the fields that shape an output must match OUT/job.json.
+
+What a crash can leave behind is handled here too: an image without an index row is not done (it
+is made again, with the same bytes: its seed depends only on (seed, id, sample)); an index file
+that cannot be read (a truncated one written by an older version, or a foreign file) is dropped
+with a warning and its outputs are made again; temporary files of interrupted writes are deleted.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -16,11 +22,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.index import INDEX_DIR, index_schema
+from pipeline.index import INDEX_DIR, conform
 from pipeline.naming import image_relpath
 from pipeline.outdir import IMAGES_DIR, read_job_record
 from pipeline.spec import JobSpec
 from pipeline.storage import join_uri, url_to_fs
+
+log = logging.getLogger("pipeline")
 
 # Fields that change what an output looks like; anything else (resources, manifests) may change.
 SHAPING_FIELDS = (
@@ -62,11 +70,17 @@ def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, i
             "use output.if_exists=overwrite or another output.uri"
         )
     images = {p[len(root.rstrip("/")) + 1:] for p in fs.find(join_uri(root, IMAGES_DIR))}
-    schema = index_schema(spec.output.embed_images)
+    _remove_temporaries(fs, [*images, *(f[len(root.rstrip("/")) + 1:] for f in found)], root)
     done: set[tuple[str, int]] = set()
     for n, old in enumerate(files):  # one file at a time: embedded images may make the index large
-        with fs.open(old, "rb") as f:
-            table = pq.read_table(f)
+        try:
+            with fs.open(old, "rb") as f:
+                table = pq.read_table(f)
+            table.select(["id", "sample", "status"])
+        except Exception as e:  # noqa: BLE001 - unreadable: its outputs are simply made again
+            log.warning("resume: index file %s is unreadable (%s); its outputs will be made again",
+                        old.rsplit("/", 1)[-1], type(e).__name__)
+            continue
         keep = []
         for i, (item_id, sample, status) in enumerate(zip(
             table.column("id").to_pylist(), table.column("sample").to_pylist(),
@@ -78,10 +92,18 @@ def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, i
                 keep.append(i)
         if keep:
             with fs.open(join_uri(index_dir, f"resumed-{uuid.uuid4().hex[:12]}-{n:05d}.parquet"), "wb") as f:
-                pq.write_table(table.take(pa.array(keep, pa.int64())).cast(schema), f)
+                pq.write_table(conform(table.take(pa.array(keep, pa.int64())), spec.output.embed_images), f)
     for old in files:  # only once every kept row is safely in a new file
         fs.rm(old)
     return frozenset(done)
+
+
+def _remove_temporaries(fs: Any, relpaths: list[str], root: str) -> None:
+    """Delete the hidden ``.<name>.<hex>.tmp`` files of writes a crash interrupted (never published)."""
+    for rel in relpaths:
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(".") and name.endswith(".tmp"):
+            fs.rm(join_uri(root, rel))
 
 
 def _check_same_job(spec: JobSpec, record: Mapping[str, Any]) -> None:

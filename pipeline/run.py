@@ -18,15 +18,15 @@ import ray
 from pipeline.actor import ModelSettings, SDEditor, model_label
 from pipeline.builtin import resolve_model_uri
 from pipeline.decode import MODES, DecodeSettings, decode_batch
-from pipeline.index import INDEX_DIR
 from pipeline.jobfile import SpecError
 from pipeline.manifest import REQUIRED_COLUMNS, manifest_format, peek_columns, read_manifests
 from pipeline.outdir import prepare_output, write_job_record
+from pipeline.redact import strip_userinfo
 from pipeline.resume import completed_outputs
 from pipeline.spec import JobSpec
-from pipeline.storage import absolute_uri, arrow_filesystem, join_uri, url_to_fs
+from pipeline.storage import absolute_uri, url_to_fs
 from pipeline.summary import RunSummary, summarize
-from pipeline.write import WriteSettings, write_batch
+from pipeline.write import IndexDatasink, WriteSettings, write_batch
 
 log = logging.getLogger("pipeline")
 
@@ -56,26 +56,28 @@ def preflight(spec: JobSpec) -> Plan:
     from sdedit_kernel import load_score_model, resolve_steps
 
     problems: list[tuple[str, str]] = []
-    for uri in spec.input.manifests:
+    for raw_uri in spec.input.manifests:
+        uri = strip_userinfo(raw_uri)  # messages only; a URI may carry user:password
         try:
-            fmt = manifest_format(uri, spec.input.format)
-            fs, path = url_to_fs(absolute_uri(uri), spec.options_for("input"))
+            fmt = manifest_format(raw_uri, spec.input.format)
+            fs, path = url_to_fs(absolute_uri(raw_uri), spec.options_for("input"))
             if not fs.exists(path):
                 problems.append(("input.manifest", f"{uri} does not exist"))
                 continue
-            columns = peek_columns(uri, fmt, spec.options_for("input"))
+            columns = peek_columns(raw_uri, fmt, spec.options_for("input"))
             missing = [c for c in REQUIRED_COLUMNS if columns is not None and c not in columns]
             if missing:
                 problems.append(("input.manifest", f"{uri} lacks column(s) {', '.join(missing)}"))
         except ValueError as e:
-            problems.append(("input.format" if "input.format" in str(e) else "input.manifest", _strip(e)))
+            problems.append(("input.format" if "input.format" in str(e) else "input.manifest",
+                             strip_userinfo(_strip(e))))
         except Exception as e:  # noqa: BLE001 - a storage error here means the job cannot run
-            problems.append(("input.manifest", f"{uri}: {type(e).__name__}: {e}"))
+            problems.append(("input.manifest", f"{uri}: cannot read: {type(e).__name__}: {strip_userinfo(str(e))}"))
     try:
         model = load_score_model(resolve_model_uri(spec.model.uri), device="cpu", dtype=torch.float32,
                                  storage_options=spec.options_for("model") or None)
     except Exception as e:  # noqa: BLE001 - CheckpointError, missing files, network errors alike
-        raise SpecError([*problems, ("model.uri", f"{type(e).__name__}: {e}")]) from None
+        raise SpecError([*problems, ("model.uri", f"{type(e).__name__}: {strip_userinfo(str(e))}")]) from None
     if model.channels not in MODES:
         problems.append(("model.uri", f"models with {model.channels} channels are not supported (1 or 3)"))
     height, width = _image_size(spec, model.sample_size, problems)
@@ -114,7 +116,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
         fn_kwargs={"settings": DecodeSettings(
             channels=plan.channels, height=plan.height, width=plan.width, policy=spec.input.resize,
             t0=sampling.t0, seed=sampling.seed, samples=sampling.samples_per_item,
-            storage_options=spec.options_for("input"), done=done,
+            storage_options=spec.options_for("input"), done=done, max_pixels=spec.input.max_pixels,
         )},
     )
     pool = resources.actors
@@ -156,17 +158,15 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
         "pass(es), %d sample(s)/item; %s actor(s) on %s; output %s", manifest.count(), len(spec.input.manifests),
         plan.label, plan.height, plan.width, plan.channels, s.sampler, s.t0, plan.steps, s.passes,
         s.samples_per_item, pool.min if pool.min == pool.max else f"{pool.min}-{pool.max}", spec.device,
-        spec.output.uri,
+        strip_userinfo(spec.output.uri),
     )
     prepare_output(spec)
     done = completed_outputs(spec, plan.label) if spec.output.if_exists == "resume" else frozenset()
     write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": len(done)})
     out_options = spec.options_for("output")
-    fs, root = url_to_fs(spec.output.uri, out_options)
-    build_dataset(spec, plan, manifest, done).write_parquet(
-        join_uri(root, INDEX_DIR), filesystem=arrow_filesystem(fs),
-        min_rows_per_file=spec.output.rows_per_index_file,
-        ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks
+    sink = IndexDatasink(spec.output.uri, out_options, spec.output.embed_images, spec.output.rows_per_index_file)
+    build_dataset(spec, plan, manifest, done).write_datasink(
+        sink, ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks
     )
     summary = summarize(spec.output.uri, out_options, time.perf_counter() - start, done)
     write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict()})

@@ -1,22 +1,27 @@
-"""Writing: encode outputs, publish image files atomically through fsspec, emit index rows.
+"""Writing: encode outputs, publish image files atomically through fsspec, emit and write index rows.
 
 Runs as plain-function Ray tasks on CPUs after the model stage. A failed write turns that output into
-an error row; it never stops the job. The returned table is the index block for these outputs.
+an error row; it never stops the job. The returned table is the index block for these outputs;
+:class:`IndexDatasink` publishes those blocks as whole Parquet files.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
+from ray.data import Datasink
 
-from pipeline.index import to_index_table
+from pipeline.index import INDEX_DIR, conform, to_index_table
 from pipeline.naming import image_relpath
+from pipeline.redact import strip_userinfo
 from pipeline.storage import join_uri, url_to_fs, write_atomic
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -35,7 +40,7 @@ class WriteSettings:
     channels: int
     height: int
     width: int
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
 
 
 def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:
@@ -69,3 +74,43 @@ def write_batch(batch: pa.Table, settings: WriteSettings) -> pa.Table:
                 record.update(status="error", error=f"write error: {type(e).__name__}: {e}")
         rows.append(record)
     return to_index_table(rows, settings.embed_images)
+
+
+class IndexDatasink(Datasink[None]):
+    """Writes the index as Parquet files that appear whole or not at all (Ray Data ``write_datasink``).
+
+    Ray's own ``write_parquet`` streams into the final file name, so a reader (or a resume after a
+    crash) could meet a truncated file. Here each file is encoded in memory and published with
+    :func:`pipeline.storage.write_atomic` (temporary name + rename locally; a single whole-object
+    upload on object stores). A file's name is fixed by the run and the write task, so a retried
+    task replaces its own file instead of adding a second copy of its rows.
+    """
+
+    def __init__(self, out_uri: str, options: Mapping[str, Any] | None, embed_images: bool,
+                 rows_per_file: int) -> None:
+        self.out_uri = out_uri
+        self.options = dict(options or {})
+        self.embed_images = embed_images
+        self.rows_per_file = rows_per_file
+        self.run_id = uuid.uuid4().hex[:12]
+
+    def __repr__(self) -> str:  # the options may hold credentials
+        return f"IndexDatasink({strip_userinfo(self.out_uri)!r})"
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def get_name(self) -> str:
+        return "WriteIndex"
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> None:
+        tables = [conform(pa.table(b) if not isinstance(b, pa.Table) else b, self.embed_images) for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return
+        buffer = io.BytesIO()
+        pq.write_table(pa.concat_tables(tables), buffer)
+        fs, root = url_to_fs(self.out_uri, self.options)
+        name = f"{self.run_id}-{ctx.task_idx:06d}.parquet"
+        write_atomic(fs, join_uri(root, INDEX_DIR, name), buffer.getvalue())

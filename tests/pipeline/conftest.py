@@ -24,7 +24,8 @@ def ray_session() -> Iterator[None]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2,
+        # address="local": a new instance even when another Ray cluster runs on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2,
                  logging_level="warning", configure_logging=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -161,6 +162,24 @@ def job_data() -> Any:
 @pytest.fixture(scope="session")
 def free_port() -> Any:
     return _free_port
+
+
+@pytest.fixture(scope="session")
+def record_outcome() -> Any:
+    """``record_outcome(case, outcome, lost, duplicated)``: what a fault or bad-input test measured.
+
+    With ``SDEDIT_RELIABILITY_LOG=path.jsonl`` set, each call appends one JSON line there;
+    ``python tests/pipeline/reliability_table.py path.jsonl`` turns them into docs/reliability.md's table.
+    """
+    import os
+
+    def record(case: str, outcome: str, lost: int, duplicated: int) -> None:
+        path = os.environ.get("SDEDIT_RELIABILITY_LOG")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"case": case, "outcome": outcome, "lost": lost, "duplicated": duplicated}) + "\n")
+
+    return record
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,172 @@
+"""Faults with real process kills: a model actor SIGKILLed mid-batch, a model that fails to load
+(in the driver, or only in the actors), and a crash between an image write and its index row.
+
+Every case ends with the same two numbers, computed from what is on disk: outputs lost (expected
+(id, sample) pairs missing an ok row and an image) and outputs duplicated (pairs with more than one
+index row); both must be 0. Images must match a clean run of the same job byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+import pipeline.run
+from pipeline.actor import SDEditor
+from pipeline.cli import main
+from pipeline.jobfile import build_spec
+from pipeline.run import run_job
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+ITEMS = 8
+EXPECTED = {(f"f-{i}", s) for i in range(ITEMS) for s in range(2)}
+
+
+def lost_and_duplicated(out: Path, expected: set[tuple[str, int]]) -> tuple[int, int]:
+    """(outputs lost, outputs duplicated) from OUT's index and images."""
+    df = pd.read_parquet(out / "index")
+    ok = df[df.status == "ok"]
+    done = {(r.id, r.sample) for r in ok.itertuples() if (out / r.image).is_file()}
+    return len(expected - done), int(df.duplicated(["id", "sample"]).sum())
+
+
+def _image_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def fault_job(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_dir: Path,
+              job_data: Any) -> dict[str, Any]:
+    """The job every fault replays, and its clean run (the reference bytes)."""
+    manifest = data_dir / "faults.csv"
+    manifest.write_text("id,guide\n" + "".join(f"f-{i},img/g{i % 2}.png\n" for i in range(ITEMS)))
+    clean = tmp_path_factory.mktemp("clean") / "out"
+    data = job_data(tiny_model, manifest, clean, output={"rows_per_index_file": 2, "sheet_items": 0})
+    summary = run_job(build_spec(data))
+    assert summary.exit_code == 0 and lost_and_duplicated(clean, EXPECTED) == (0, 0)
+    return {"data": data, "clean": clean, "images": _image_bytes(clean)}
+
+
+def _with_output(data: dict[str, Any], out: Path, **output: Any) -> dict[str, Any]:
+    return {**data, "output": {**data["output"], "uri": str(out), **output}}
+
+
+def _kill_once_editor(marker: Path, pids: Path) -> type:
+    """An SDEditor that SIGKILLs its own process in the middle of its first batch (once per job).
+
+    Defined in a function, so cloudpickle ships the class by value to the actor processes.
+    """
+
+    class KillOnceEditor(SDEditor):
+        def __call__(self, batch: Any) -> Any:
+            with open(pids, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return super().__call__(batch)
+            super().__call__(batch.slice(0, 1))  # part of the batch is done, nothing returned yet
+            os.kill(os.getpid(), signal.SIGKILL)
+            raise AssertionError("unreachable")
+
+    return KillOnceEditor
+
+
+def test_actor_sigkilled_mid_batch_job_completes_exactly_once(
+        fault_job: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        record_outcome: Any) -> None:
+    marker, pids = tmp_path / "killed", tmp_path / "pids"
+    monkeypatch.setattr(pipeline.run, "SDEditor", _kill_once_editor(marker, pids))
+    out = tmp_path / "out"
+    summary = run_job(build_spec(_with_output(fault_job["data"], out)))
+    assert marker.exists(), "the actor was never killed"
+    assert len(set(pids.read_text().split())) >= 2, "the killed actor was not replaced by a new process"
+    lost, duplicated = lost_and_duplicated(out, EXPECTED)
+    assert summary.exit_code == 0 and summary.outputs == len(EXPECTED)
+    assert (lost, duplicated) == (0, 0)
+    assert _image_bytes(out) == fault_job["images"]  # the retried batch made the same bytes
+    record_outcome("model actor SIGKILLed mid-batch", "job completes, exit 0; Ray restarts the actor "
+                   "and retries the batch; images identical to a clean run", lost, duplicated)
+
+
+def test_crash_between_image_and_index_row_is_redone_with_identical_bytes(
+        fault_job: dict[str, Any], tmp_path: Path, record_outcome: Any) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(fault_job["clean"], out)
+    files = sorted((out / "index").glob("*.parquet"))
+    assert len(files) >= 3
+    orphaned = pd.concat([pd.read_parquet(f) for f in files[:2]])
+    for f in files[:2]:  # their images stay: written, but the crash came before the index row
+        f.unlink()
+    files[2].write_bytes(files[2].read_bytes()[:100])  # and a truncated index file (older writers)
+    truncated = pd.read_parquet(fault_job["clean"] / "index" / files[2].name)
+    (out / "images" / ".f-0_s0.png.0badc0de.tmp").write_bytes(b"half an image")  # an interrupted write
+    inodes = {p.name: p.stat().st_ino for p in (out / "images").iterdir()}
+
+    summary = run_job(build_spec(_with_output(fault_job["data"], out, if_exists="resume")))
+    redone = {Path(p).name for p in pd.concat([orphaned, truncated]).image}
+    assert summary.exit_code == 0 and summary.resumed_outputs == len(EXPECTED) - len(redone)
+    lost, duplicated = lost_and_duplicated(out, EXPECTED)
+    assert (lost, duplicated) == (0, 0)
+    assert _image_bytes(out) == fault_job["images"]  # identical bytes, and no temporary file left
+    rewritten = {p.name for p in (out / "images").iterdir() if p.stat().st_ino != inodes[p.name]}
+    assert rewritten == redone  # the orphans were made again; the indexed images were kept
+    record_outcome("crash between an image write and its index row (orphan images, a truncated index "
+                   "file, a leftover temporary file)", "resume redoes exactly the unindexed outputs with "
+                   "identical bytes; temporary file removed; exit 0", lost, duplicated)
+
+
+def test_index_files_appear_whole(fault_job: dict[str, Any]) -> None:
+    """The index is published by rename: no temporary or partial file is left in OUT/index."""
+    names = [p.name for p in (fault_job["clean"] / "index").iterdir()]
+    assert names and all(n.endswith(".parquet") and not n.startswith(".") for n in names)
+    assert sum(len(pd.read_parquet(fault_job["clean"] / "index" / n)) for n in names) == len(EXPECTED)
+
+
+def _broken_in_actor_editor() -> type:
+    class BrokenEditor(SDEditor):
+        def __init__(self, settings: Any) -> None:
+            raise RuntimeError("CUDA error: no device available on this worker")
+
+    return BrokenEditor
+
+
+def test_model_that_fails_to_load_in_the_actors_stops_the_job(
+        fault_job: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture, record_outcome: Any) -> None:
+    monkeypatch.setattr(pipeline.run, "SDEditor", _broken_in_actor_editor())
+    out = tmp_path / "out"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(_with_output(fault_job["data"], out)))
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "the job failed" in err and "no device available" in err
+    assert not (out / "images").exists() or not any((out / "images").iterdir())
+    assert not list((out / "index").glob("*.parquet")) if (out / "index").exists() else True
+    record_outcome("model loads in the driver but fails in the actors", "job stops, exit 2, the "
+                   "loader's reason printed; no output written", 0, 0)
+
+
+def test_model_that_fails_to_load_stops_before_any_work(
+        fault_job: dict[str, Any], tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture,
+        record_outcome: Any) -> None:
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model, broken)
+    (broken / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)  # a half-copied file
+    out = tmp_path / "out"
+    job = tmp_path / "job.yaml"
+    data = _with_output(fault_job["data"], out)
+    job.write_text(yaml.safe_dump({**data, "model": {"uri": str(broken)}}))
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "model.uri: CheckpointError" in err and "safetensors" in err
+    assert not out.exists()  # stopped before any work: nothing written, not even job.json
+    record_outcome("model that fails to load (corrupt weights file)", "stops before any work, exit 2, "
+                   "`model.uri: CheckpointError: ...` names the file; nothing written", 0, 0)
