@@ -35,6 +35,7 @@ RESULT_SCHEMA = pa.schema([
     ("model", pa.string()),
     ("status", pa.string()),
     ("error", pa.string()),
+    ("notes", pa.string()),
 ])
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -54,7 +55,7 @@ class ModelSettings:
     height: int
     width: int
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
 
 
 def model_label(uri: str, digest: str | None) -> str:
@@ -88,7 +89,7 @@ class SDEditor:
         return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
 
     def _base(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        keep = ("id", "sample", "guide", "mask", "t0", "base_seed", "seed", "status", "error")
+        keep = ("id", "sample", "guide", "mask", "t0", "base_seed", "seed", "status", "error", "notes")
         return {**{k: row[k] for k in keep}, "model": self.label}
 
     def _run_group(self, rows: list[dict[str, Any]], results: list[dict[str, Any]],

@@ -1,9 +1,11 @@
 """Decoding: manifest rows -> fitted guide pixels and binary edit masks, one work row per output.
 
-Runs as plain-function Ray tasks on CPUs. Every failure (missing file, undecodable bytes, bad
-override) becomes an error row that names its reason; nothing here may stop the job. Each item is
-expanded into one row per sample, each with its own generator seed, so the model stage works on
-outputs, not items.
+Runs as plain-function Ray tasks on CPUs. Every failure (missing or empty file, undecodable or
+truncated bytes, an image over the pixel limit, a pixel mode with no sound conversion, bad
+override) becomes an error row that names its reason; nothing here may stop the job. Conversions
+that change what the user gave (a mode converted, alpha flattened, a grey mask thresholded, a mask
+of another size resized) are stated in the row's ``notes``. Each item is expanded into one row per
+sample, each with its own generator seed, so the model stage works on outputs, not items.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.redact import strip_userinfo
 from pipeline.storage import read_bytes
 from sdedit_kernel import seed_for
 
@@ -33,8 +36,12 @@ WORK_SCHEMA = pa.schema([
     ("edit_mask", pa.binary()),  # uint8 [H, W] of 0 (keep) / 1 (regenerate); null: edit everything
     ("status", pa.string()),
     ("error", pa.string()),
+    ("notes", pa.string()),  # conversions applied to this item's inputs, "; "-joined; null: none
 ])
 MODES = {1: "L", 3: "RGB"}
+DEFAULT_MAX_PIXELS = 50_000_000
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_REFUSED_MODES = {"F": "32-bit float pixels have no defined range", "LAB": "Lab colour has no conversion here"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,9 @@ class DecodeSettings:
     t0: float
     seed: int
     samples: int
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-    done: frozenset[tuple[str, int]] = frozenset()  # (id, sample) already written (resume)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
+    done: frozenset[tuple[str, int]] = field(default=frozenset(), repr=False)  # (id, sample) already written (resume)
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def fit_image(img: Image.Image, height: int, width: int, policy: str, resample: int) -> Image.Image:
@@ -72,37 +80,116 @@ def fit_image(img: Image.Image, height: int, width: int, policy: str, resample: 
     return canvas
 
 
-def load_image(uri: str, options: Mapping[str, Any], what: str) -> Image.Image:
-    """Read and decode one image; raises ``ValueError("<what> ...: reason")`` on any failure."""
+def load_image(uri: str, options: Mapping[str, Any], what: str,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read and decode one image; raises ``ValueError("<reason> <what>: ...")`` on any failure.
+
+    The pixel count is checked from the header, before any pixel is decoded: a small file that
+    claims a huge image (a decompression bomb) never reaches memory.
+    """
+    shown = strip_userinfo(uri)
     try:
         data = read_bytes(uri, options)
     except FileNotFoundError:
-        raise ValueError(f"missing {what}: {uri} not found") from None
+        raise ValueError(f"missing {what}: {shown} not found") from None
     except Exception as e:  # noqa: BLE001 - any storage failure is this item's failure
-        raise ValueError(f"unreadable {what}: {uri}: {type(e).__name__}: {e}") from None
+        raise ValueError(f"unreadable {what}: {shown}: {type(e).__name__}: {_short(e)}") from None
+    if not data:
+        raise ValueError(f"bad {what}: {shown}: empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ValueError(f"bad {what}: {shown}: {w}x{h} = {w * h} pixels, over the limit "
+                             f"input.max_pixels={max_pixels} (decompression bomb?)")
         img.load()
         return ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"bad {what}: {uri}: cannot decode image ({type(e).__name__})") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"bad {what}: {shown}: over Pillow's pixel limit (decompression bomb?): "
+                         f"{_short(e)}") from None
+    except ValueError as e:
+        if str(e).startswith(f"bad {what}:"):
+            raise
+        raise ValueError(f"bad {what}: {shown}: cannot decode image ({type(e).__name__}: {_short(e)})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"bad {what}: {shown}: cannot decode image ({type(e).__name__}: {_short(e)})") from None
 
 
-def guide_pixels(img: Image.Image, settings: DecodeSettings) -> np.ndarray:
+def _short(e: BaseException) -> str:
+    return strip_userinfo(str(e).splitlines()[0][:200]) if str(e) else ""
+
+
+def to_standard_mode(img: Image.Image, what: str, notes: list[str]) -> Image.Image:
+    """Bring any Pillow mode to L or RGB where the conversion is sound; refuse it otherwise.
+
+    Pillow's own ``convert("L")`` clips 16-bit values at 255 (a 16-bit guide turns white), and
+    ``convert("RGB")`` drops alpha and shows whatever colour hides under transparent pixels; so
+    16-bit values are scaled (/257) and transparency is composited onto black (black is also what
+    ``pad`` adds). Every conversion is stated in ``notes``.
+    """
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode in _REFUSED_MODES:
+        raise ValueError(f"bad {what}: mode {mode} refused: {_REFUSED_MODES[mode]}")
+    if mode in _SIXTEEN_BIT or mode == "I":
+        values = np.asarray(img, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"bad {what}: mode {mode} refused: values outside 0..65535")
+        notes.append(f"{what} {mode} scaled to 8 bits")
+        return Image.fromarray(((values + 128) // 257).clip(0, 255).astype(np.uint8), "L")
+    if mode == "P" or mode == "PA":
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "RGBa", "La"):
+        alpha = np.asarray(img.getchannel("A"))
+        base = img.convert("RGB" if img.mode.startswith("RGB") else "L")
+        if (alpha == 255).all():
+            notes.append(f"{what} {mode}: opaque alpha dropped")
+            return base
+        notes.append(f"{what} {mode}: transparency composited onto black")
+        return Image.composite(base, Image.new(base.mode, base.size, 0), img.getchannel("A"))
+    try:
+        converted = img.convert("RGB")
+    except ValueError as e:
+        raise ValueError(f"bad {what}: mode {mode} refused: {_short(e)}") from None
+    if mode not in ("P", "1"):
+        notes.append(f"{what} {mode} converted to RGB" + (" (no colour management)" if mode == "CMYK" else ""))
+    return converted
+
+
+def guide_pixels(img: Image.Image, settings: DecodeSettings, notes: list[str] | None = None) -> np.ndarray:
     """uint8 [H, W, C] guide in the model's channel count, fitted to the working size."""
-    converted = img.convert(MODES[settings.channels])
+    notes = [] if notes is None else notes
+    standard = to_standard_mode(img, "guide", notes)
+    target = MODES[settings.channels]
+    if standard.mode == "RGB" and target == "L":
+        notes.append("guide RGB converted to L")
+    converted = standard.convert(target)
+    if converted.size != (settings.width, settings.height):
+        notes.append(f"guide {converted.size[0]}x{converted.size[1]} fitted to "
+                     f"{settings.width}x{settings.height} by {settings.policy}")
     fitted = fit_image(converted, settings.height, settings.width, settings.policy, Image.Resampling.BICUBIC)
     return np.asarray(fitted, dtype=np.uint8).reshape(settings.height, settings.width, settings.channels)
 
 
-def mask_bits(mask: Image.Image, guide_size: tuple[int, int], settings: DecodeSettings) -> np.ndarray:
+def mask_bits(mask: Image.Image, guide_size: tuple[int, int], settings: DecodeSettings,
+              notes: list[str] | None = None) -> np.ndarray:
     """uint8 [H, W] edit mask: white (>= 128) = 1 = regenerate, black = 0 = keep.
 
     The mask is first brought to the guide's original size, then fitted exactly as the guide was,
-    always nearest-neighbour, then binarised: no grey edge ever reaches the sampler.
+    always nearest-neighbour, then binarised: no grey edge ever reaches the sampler. A mask with
+    grey levels, or of another size than its guide, is used, and ``notes`` says so.
     """
-    grey = mask.convert("L")
+    notes = [] if notes is None else notes
+    grey = to_standard_mode(mask, "mask", notes).convert("L")
+    levels = np.asarray(grey)
+    grey_count = int(np.count_nonzero((levels > 0) & (levels < 255)))
+    if grey_count:
+        notes.append(f"mask not binary: {grey_count} of {levels.size} pixels grey, thresholded at 128 "
+                     "(>= 128 regenerate)")
     if grey.size != guide_size:
+        notes.append(f"mask {grey.size[0]}x{grey.size[1]} resized to the guide's "
+                     f"{guide_size[0]}x{guide_size[1]} (nearest)")
         grey = grey.resize(guide_size, Image.Resampling.NEAREST)
     fitted = fit_image(grey, settings.height, settings.width, settings.policy, Image.Resampling.NEAREST)
     return (np.asarray(fitted, dtype=np.uint8) >= 128).astype(np.uint8)
@@ -120,22 +207,23 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
             continue
         pixels = edit_mask = None
         error = row["problem"]
+        notes: list[str] = []
         if error is None:
             try:
-                guide_img = load_image(row["guide"], settings.storage_options, "guide")
-                pixels = guide_pixels(guide_img, settings).tobytes()
+                guide_img = load_image(row["guide"], settings.storage_options, "guide", settings.max_pixels)
+                pixels = guide_pixels(guide_img, settings, notes).tobytes()
                 if row["mask"]:
-                    mask_img = load_image(row["mask"], settings.storage_options, "mask")
-                    edit_mask = mask_bits(mask_img, guide_img.size, settings).tobytes()
+                    mask_img = load_image(row["mask"], settings.storage_options, "mask", settings.max_pixels)
+                    edit_mask = mask_bits(mask_img, guide_img.size, settings, notes).tobytes()
             except ValueError as e:
                 error, pixels, edit_mask = str(e), None, None
             except Exception as e:  # noqa: BLE001 - an unexpected decoder failure is still one item's
-                error, pixels, edit_mask = f"decode error: {type(e).__name__}: {e}", None, None
+                error, pixels, edit_mask = f"decode error: {type(e).__name__}: {_short(e)}", None, None
         for sample in todo:
             out["id"].append(row["id"])
             out["sample"].append(sample)
-            out["guide"].append(row["guide"])
-            out["mask"].append(row["mask"])
+            out["guide"].append(strip_userinfo(row["guide"]) if row["guide"] else None)
+            out["mask"].append(strip_userinfo(row["mask"]) if row["mask"] else None)
             out["t0"].append(t0)
             out["base_seed"].append(base_seed)
             out["seed"].append(seed_for(base_seed, row["id"], sample))
@@ -143,4 +231,5 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
             out["edit_mask"].append(edit_mask)
             out["status"].append("ok" if error is None else "error")
             out["error"].append(error)
+            out["notes"].append("; ".join(notes) or None)
     return pa.Table.from_pydict(out, schema=WORK_SCHEMA)

@@ -102,8 +102,11 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
     elif fmt == "csv":
         import pyarrow.csv as pacsv
 
+        # Only an empty cell is "no value": pyarrow's default null words ("NA", "null", "nan"...) would
+        # turn an id "NA" into a missing id and an explicit "nan" t0 into no override.
         convert = pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in ("id", "guide", "mask")}, strings_can_be_null=True
+            column_types={c: pa.string() for c in ("id", "guide", "mask")}, strings_can_be_null=True,
+            null_values=[""],
         )
         parse = pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
         raw = ray.data.read_csv(path, convert_options=convert, parse_options=parse, **common)
@@ -193,8 +196,11 @@ def _id_text(value: Any) -> str | None:
 
 
 def _number(name: str, value: Any, kind: type, problems: list[str], ok: Any, rule: str) -> Any:
-    """Parse one per-item override; a bad one is recorded in ``problems`` and dropped."""
-    if _missing(value):
+    """Parse one per-item override; a bad one is recorded in ``problems`` and dropped.
+
+    An empty cell (null) means "no override"; an explicit NaN is an error, not a silent default.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
         number = float(value) if kind is float else _to_int(value)

@@ -47,6 +47,11 @@ class InputSpec(_Section):
     image_size: int | tuple[int, int] | None = Field(
         None, description="Working size, int or [height, width]; default: the model's sample size."
     )
+    max_pixels: int = Field(
+        50_000_000, ge=1, le=178_956_970,
+        description="Largest guide or mask (width x height) decoded; checked from the file header, so a "
+        "decompression bomb never reaches memory. Larger images become error rows (bad guide / bad mask).",
+    )
 
     @field_validator("manifest")
     @classmethod

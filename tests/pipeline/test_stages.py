@@ -83,7 +83,7 @@ def test_manifest_normalisation_resolves_relative_uris() -> None:
     raw = pa.table({
         "path": ["/data/m/manifest.csv"] * 3,
         "id": ["1", "2", "3"], "guide": ["img/a.png", "/abs/b.png", "s3://other/c.png"],
-        "mask": [None, "../masks/a.png", ""], "t0": [0.3, float("nan"), None],
+        "mask": [None, "../masks/a.png", ""], "t0": [0.3, None, float("nan")],
         "seed": ["12", None, "x"], "samples": [None, 2.0, 0],
     })
     rows = normalize_batch(raw).to_pylist()
@@ -92,6 +92,7 @@ def test_manifest_normalisation_resolves_relative_uris() -> None:
     assert rows[1]["t0"] is None and rows[1]["samples"] == 2 and rows[1]["problem"] is None
     assert rows[2]["guide"] == "s3://other/c.png" and rows[2]["mask"] is None
     assert "seed='x' is not an integer" in rows[2]["problem"] and "samples=0" in rows[2]["problem"]
+    assert "t0=nan" in rows[2]["problem"]  # an explicit NaN is an error; only an empty cell means "none"
     s3 = fsspec.filesystem("memory")
     raw = pa.table({"path": ["/bucket/m.csv"], "id": [7], "guide": ["g/a.png"]})
     rows = normalize_batch(raw, fs=s3).to_pylist()
