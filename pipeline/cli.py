@@ -70,8 +70,10 @@ def _load(job: str, overrides: list[str]):  # -> JobSpec | None
 
 
 def _fail(headline: str, error: Exception) -> None:
+    from pipeline.redact import redact_text
+
     print(f"sdedit: {headline}:", file=sys.stderr)
-    for line in str(error).splitlines():
+    for line in redact_text(str(error)).splitlines():
         print(f"  {line}", file=sys.stderr)
 
 
@@ -116,7 +118,9 @@ def _run(args: argparse.Namespace) -> int:
         print("sdedit: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the cluster or an unexpected bug stopped the job
-        traceback.print_exc()
+        from pipeline.redact import redact_text
+
+        print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
         _fail(f"{args.job}: the job failed", RuntimeError(f"{type(e).__name__}: {str(e)[:2000]}"))
         return EXIT_CANNOT_RUN
     print(summary.render())

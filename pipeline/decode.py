@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.redact import strip_userinfo
+from pipeline.redact import redact_text, strip_userinfo
 from pipeline.storage import read_bytes
 from sdedit_kernel import seed_for
 
@@ -116,7 +116,7 @@ def load_image(uri: str, options: Mapping[str, Any], what: str,
 
 
 def _short(e: BaseException) -> str:
-    return strip_userinfo(str(e).splitlines()[0][:200]) if str(e) else ""
+    return redact_text(str(e).splitlines()[0][:200]) if str(e) else ""
 
 
 def to_standard_mode(img: Image.Image, what: str, notes: list[str]) -> Image.Image:

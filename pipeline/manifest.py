@@ -158,7 +158,7 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
             _number("t0", columns["t0"][i], float, problems, lambda v: 0 < v <= 1, "in (0, 1]")
         )
         out["seed"].append(
-            _number("seed", columns["seed"][i], int, problems, lambda v: 0 <= v < 2**63, ">= 0")
+            _number("seed", columns["seed"][i], int, problems, lambda v: 0 <= v < 2**63, "in [0, 2**63)")
         )
         out["samples"].append(
             _number("samples", columns["samples"][i], int, problems, lambda v: 1 <= v <= MAX_SAMPLES,

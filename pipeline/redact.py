@@ -18,6 +18,7 @@ _SECRET_WORDS = (
     "private", "session", "sas", "cookie", "bearer",
 )
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+_USERINFO_ANYWHERE = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]*@")
 
 
 def is_secret_name(name: str) -> bool:
@@ -28,6 +29,11 @@ def is_secret_name(name: str) -> bool:
 def strip_userinfo(uri: str) -> str:
     """``s3://AKIA:xyz@bucket/k`` -> ``s3://***redacted***@bucket/k``; other strings unchanged."""
     return _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", uri)
+
+
+def redact_text(text: str) -> str:
+    """Free text (an error message, a traceback) with every ``scheme://user:password@`` redacted."""
+    return _USERINFO_ANYWHERE.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
 
 
 def redact(value: Any, *, key: str | None = None) -> Any:

@@ -19,9 +19,9 @@ from pipeline.actor import ModelSettings, SDEditor, model_label
 from pipeline.builtin import resolve_model_uri
 from pipeline.decode import MODES, DecodeSettings, decode_batch
 from pipeline.jobfile import SpecError
-from pipeline.manifest import REQUIRED_COLUMNS, manifest_format, peek_columns, read_manifests
+from pipeline.manifest import REQUIRED_COLUMNS, ManifestError, manifest_format, peek_columns, read_manifests
 from pipeline.outdir import prepare_output, write_job_record
-from pipeline.redact import strip_userinfo
+from pipeline.redact import redact_text, strip_userinfo
 from pipeline.resume import completed_outputs
 from pipeline.spec import JobSpec
 from pipeline.storage import absolute_uri, url_to_fs
@@ -65,19 +65,23 @@ def preflight(spec: JobSpec) -> Plan:
                 problems.append(("input.manifest", f"{uri} does not exist"))
                 continue
             columns = peek_columns(raw_uri, fmt, spec.options_for("input"))
+            if columns == []:
+                problems.append(("input.manifest", f"{uri} is empty: no header and no rows"))
+                continue
             missing = [c for c in REQUIRED_COLUMNS if columns is not None and c not in columns]
             if missing:
                 problems.append(("input.manifest", f"{uri} lacks column(s) {', '.join(missing)}"))
-        except ValueError as e:
+        except ManifestError as e:
             problems.append(("input.format" if "input.format" in str(e) else "input.manifest",
                              strip_userinfo(_strip(e))))
         except Exception as e:  # noqa: BLE001 - a storage error here means the job cannot run
-            problems.append(("input.manifest", f"{uri}: cannot read: {type(e).__name__}: {strip_userinfo(str(e))}"))
+            reason = f"{type(e).__name__}: {redact_text(str(e))[:300]}"
+            problems.append(("input.manifest", f"{uri}: cannot read: {reason}"))
     try:
         model = load_score_model(resolve_model_uri(spec.model.uri), device="cpu", dtype=torch.float32,
                                  storage_options=spec.options_for("model") or None)
     except Exception as e:  # noqa: BLE001 - CheckpointError, missing files, network errors alike
-        raise SpecError([*problems, ("model.uri", f"{type(e).__name__}: {strip_userinfo(str(e))}")]) from None
+        raise SpecError([*problems, ("model.uri", f"{type(e).__name__}: {redact_text(str(e))}")]) from None
     if model.channels not in MODES:
         problems.append(("model.uri", f"models with {model.channels} channels are not supported (1 or 3)"))
     height, width = _image_size(spec, model.sample_size, problems)
