@@ -33,7 +33,8 @@ def _manifest(folder: Path) -> Path:
     return path
 
 
-def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_data: Any) -> None:
+def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_data: Any,
+                          record_outcome: Any) -> None:
     import ray
 
     out = tmp_path / "out"
@@ -66,6 +67,11 @@ def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_
     assert summary.resumed_outputs == len(before[before.status == "ok"].drop_duplicates(["id", "sample"]))
     assert sorted(after.id) == [f"item-{i:02d}" for i in range(ITEMS)] and (after.status == "ok").all()
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(p).name for p in after.image)
+    lost = ITEMS - after[after.status == "ok"].id.nunique()
+    duplicated = int(after.duplicated(["id", "sample"]).sum())
+    record_outcome("driver (`sdedit run`) SIGKILLed mid-job, then rerun with `output.if_exists: resume`",
+                   f"the rerun keeps the {summary.resumed_outputs} indexed outputs and makes the rest; "
+                   "exit 0 (a rerun with other settings is refused, exit 2)", lost, duplicated)
     kept = before[before.status == "ok"].set_index("id")
     for row in after[after.id.isin(kept.index)].itertuples():  # the earlier rows were kept as they were
         assert row.seed == kept.loc[row.id, "seed"] and row.duration_ms == kept.loc[row.id, "duration_ms"]
