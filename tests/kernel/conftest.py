@@ -8,6 +8,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+# Tiny tensors: one thread is as fast, and immune to OpenMP barrier stalls on a busy 2-core machine.
+torch.set_num_threads(1)
 
 
 def tiny_unet(channels: int = 1, size: int = 16, seed: int = 0, **overrides):
