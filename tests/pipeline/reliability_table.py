@@ -1,7 +1,7 @@
 """Render the outcomes the fault and bad-input tests recorded as the Markdown table of docs/reliability.md.
 
-    SDEDIT_RELIABILITY_LOG=/tmp/rel.jsonl python -m pytest tests/pipeline/test_faults.py \\
-        tests/pipeline/test_bad_inputs.py tests/pipeline/test_security.py tests/pipeline/test_resume.py -q
+    SDEDIT_RELIABILITY_LOG=/tmp/rel.jsonl python -m pytest -q tests/pipeline/test_faults.py \\
+        tests/pipeline/test_resume.py tests/pipeline/test_bad_inputs.py tests/pipeline/test_security.py
     python tests/pipeline/reliability_table.py /tmp/rel.jsonl
 """
 

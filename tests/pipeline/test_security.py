@@ -30,6 +30,7 @@ class _RunsCode:
         self.marker = marker
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_malicious_pickle_checkpoint_never_runs(tmp_path: Path, tiny_model: Path, data_dir: Path,
                                                 job_data: Any, capsys: pytest.CaptureFixture,
                                                 record_outcome: Any) -> None:
