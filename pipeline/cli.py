@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--address", default=None,
                            help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
             p.add_argument("--no-sheet", action="store_true", help="do not draw OUT/sheet.png")
+            again = p.add_mutually_exclusive_group()
+            again.add_argument("--resume", action="store_true",
+                               help="keep the outputs OUT's index lists as done, make the rest "
+                               "(= --set output.if_exists=resume)")
+            again.add_argument("--overwrite", action="store_true",
+                               help="delete OUT's outputs and redo everything (= --set output.if_exists=overwrite)")
     p = sub.add_parser("sheet", help="(re)draw the contact sheet OUT/sheet.png of a finished run")
     p.add_argument("out", help="output folder URI of a run")
     p.add_argument("--items", type=int, default=16, help="items on the sheet (default 16)")
@@ -99,7 +105,8 @@ def _validate(job: str, overrides: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    spec = _load(args.job, args.overrides)
+    again = ["output.if_exists=resume"] if args.resume else ["output.if_exists=overwrite"] if args.overwrite else []
+    spec = _load(args.job, [*args.overrides, *again])
     if spec is None:
         return EXIT_CANNOT_RUN
     import ray

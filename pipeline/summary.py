@@ -29,6 +29,7 @@ class RunSummary:
     wall_s: float = 0.0
     resumed_outputs: int = 0  # outputs an earlier run had already written (output.if_exists=resume)
     items_run: int = 0  # items with at least one output produced by this run
+    items_with_notes: int = 0  # items whose inputs were converted (the index's notes column says how)
 
     @property
     def outputs_failed(self) -> int:
@@ -58,6 +59,9 @@ class RunSummary:
             f"        {self.wall_s:.1f} s wall, {self.items_per_s:.3f} items/s, "
             f"{self.outputs_per_s:.3f} outputs/s",
         ]
+        if self.items_with_notes:
+            lines.append(f"        notes: {self.items_with_notes} item(s) had their guide or mask converted "
+                         "(mode, alpha, size, grey mask thresholded): see the index's notes column")
         if self.resumed_outputs:
             lines.append(f"        resumed: {self.resumed_outputs} outputs were already done and kept")
         for reason, count in sorted(self.failures_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -73,7 +77,7 @@ def failure_reason(error: str) -> str:
 def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float,
               resumed: frozenset[tuple[str, int]] = frozenset()) -> RunSummary:
     """Count outputs and failed items (by reason) from the index under ``out_uri``."""
-    table: pa.Table = read_index(out_uri, options, columns=["id", "sample", "status", "error"])
+    table: pa.Table = read_index(out_uri, options, columns=["id", "sample", "status", "error", "notes"])
     ids = table.column("id").to_pylist()
     statuses = table.column("status").to_pylist()
     errors = table.column("error").to_pylist()
@@ -92,4 +96,5 @@ def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float,
         wall_s=wall_s,
         resumed_outputs=len(resumed),
         items_run=len({i for i, s in zip(ids, samples, strict=True) if (i, s) not in resumed}),
+        items_with_notes=len({i for i, n in zip(ids, table.column("notes").to_pylist(), strict=True) if n}),
     )

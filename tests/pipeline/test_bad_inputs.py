@@ -137,6 +137,7 @@ def _lost_dup(bad_run: dict[str, Any], item_id: str) -> tuple[int, int]:
 def test_the_job_completes_with_every_row_exactly_once(bad_run: dict[str, Any]) -> None:
     df = bad_run["df"]
     assert bad_run["summary"].exit_code == 3  # some items failed: a scheduler notices
+    assert bad_run["summary"].items_with_notes == len(CONVERTED)  # conversions are counted in the summary
     assert sorted(set(df.id)) == sorted(bad_run["ids"]) and len(df) == 2 * len(bad_run["ids"])
     assert not df.duplicated(["id", "sample"]).any()
     assert df[df.status == "error"].image.isna().all()

@@ -8,6 +8,7 @@ index row); both must be 0. Images must match a clean run of the same job byte f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -110,9 +111,12 @@ def test_crash_between_image_and_index_row_is_redone_with_identical_bytes(
     (out / "images" / ".f-0_s0.png.0badc0de.tmp").write_bytes(b"half an image")  # an interrupted write
     inodes = {p.name: p.stat().st_ino for p in (out / "images").iterdir()}
 
-    summary = run_job(build_spec(_with_output(fault_job["data"], out, if_exists="resume")))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(_with_output(fault_job["data"], out)))
+    assert main(["run", str(job), "--resume"]) == 0  # the same command, plus --resume
+    summary = json.loads((out / "job.json").read_text())["summary"]
     redone = {Path(p).name for p in pd.concat([orphaned, truncated]).image}
-    assert summary.exit_code == 0 and summary.resumed_outputs == len(EXPECTED) - len(redone)
+    assert summary["resumed_outputs"] == len(EXPECTED) - len(redone)
     lost, duplicated = lost_and_duplicated(out, EXPECTED)
     assert (lost, duplicated) == (0, 0)
     assert _image_bytes(out) == fault_job["images"]  # identical bytes, and no temporary file left
@@ -121,6 +125,20 @@ def test_crash_between_image_and_index_row_is_redone_with_identical_bytes(
     record_outcome("crash between an image write and its index row (orphan images, a truncated index "
                    "file, a leftover temporary file)", "resume redoes exactly the unindexed outputs with "
                    "identical bytes; temporary file removed; exit 0", lost, duplicated)
+
+
+def test_resume_and_overwrite_flags(tmp_path: Path, fault_job: dict[str, Any],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(pipeline.run, "run_job", lambda spec, sheet: seen.append(spec.output.if_exists))
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(fault_job["data"]))
+    for flag in ("--resume", "--overwrite"):
+        with pytest.raises(AttributeError):  # the stub returns no summary; the spec is what counts
+            main(["run", str(job), flag])
+    assert seen == ["resume", "overwrite"]
+    with pytest.raises(SystemExit):
+        main(["run", str(job), "--resume", "--overwrite"])
 
 
 def test_index_files_appear_whole(fault_job: dict[str, Any]) -> None:
