@@ -97,6 +97,38 @@ def test_actor_sigkilled_mid_batch_job_completes_exactly_once(
                    "and retries the batch; images identical to a clean run", lost, duplicated)
 
 
+def _kill_once_sink(marker: Path) -> type:
+    """An IndexDatasink whose write task SIGKILLs its process once, just after publishing its file."""
+    from pipeline.write import IndexDatasink
+
+    class KillOnceSink(IndexDatasink):
+        def write(self, blocks: Any, ctx: Any) -> None:
+            super().write(blocks, ctx)
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillOnceSink
+
+
+def test_write_task_sigkilled_after_publishing_is_retried_without_duplicates(
+        fault_job: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        record_outcome: Any) -> None:
+    marker = tmp_path / "killed"
+    monkeypatch.setattr(pipeline.run, "IndexDatasink", _kill_once_sink(marker))
+    out = tmp_path / "out"
+    summary = run_job(build_spec(_with_output(fault_job["data"], out)))
+    assert marker.exists(), "the write task was never killed"
+    lost, duplicated = lost_and_duplicated(out, EXPECTED)
+    assert summary.exit_code == 0 and (lost, duplicated) == (0, 0)
+    assert _image_bytes(out) == fault_job["images"]
+    record_outcome("index write task SIGKILLed right after publishing its index file",
+                   "Ray retries the task, which replaces its own file (same name) instead of adding a "
+                   "second copy of its rows; exit 0, images identical to a clean run", lost, duplicated)
+
+
 def test_crash_between_image_and_index_row_is_redone_with_identical_bytes(
         fault_job: dict[str, Any], tmp_path: Path, record_outcome: Any) -> None:
     out = tmp_path / "out"
