@@ -1,8 +1,14 @@
-"""Cloud storage end to end: manifest, guides and outputs on S3 (moto's server on loopback, via s3fs)."""
+"""Cloud storage end to end: manifests, guides, masks, the checkpoint and all outputs on S3.
+
+The endpoint is moto's S3 server, a real HTTP server bound to 127.0.0.1 on a free port, started once
+for the test session and stopped at its end; the pipeline reaches it through s3fs exactly as a user
+reaches S3 or MinIO: ``storage_options`` with ``endpoint_url`` and credentials in the job spec.
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,42 +23,149 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 KEY, SECRET = "AKIAMOTOTESTKEY", "moto-secret-value-1234"
+REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint(free_port: Any) -> Iterator[str]:
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1, on a port the OS picks (no race for a 'free' port)."""
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_s3_in_and_out(s3_endpoint: str, tiny_model: Path, data_dir: Path, job_data: Any,
-                       manifest_rows: Any, write_manifest: Any, tmp_path: Path) -> None:
+@pytest.fixture
+def s3(s3_endpoint: str) -> tuple[Any, dict[str, str], str]:
+    """(s3fs file system, storage options, a fresh bucket name) for one test."""
     import s3fs
 
     options = {"key": KEY, "secret": SECRET, "endpoint_url": s3_endpoint}
     fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("sdedit")
-    for name in ("g0.png", "g3.png", "m3.png"):
-        fs.put(str(data_dir / "img" / name), f"sdedit/data/img/{name}")
-    rows = [r for r in manifest_rows(include_bad=False) if r["id"] in ("plain-0", "masked")]
-    fs.put(str(write_manifest(tmp_path, "s3.parquet", rows)), "sdedit/data/manifest.parquet")
+    bucket = f"sdedit-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    return fs, options, bucket
 
-    spec = build_spec(job_data(tiny_model, "s3://sdedit/data/manifest.parquet", "s3://sdedit/out",
+
+def _keys(fs: Any, prefix: str) -> list[str]:
+    fs.invalidate_cache()  # this process's s3fs caches listings; the writers were other processes
+    return sorted(fs.find(prefix))
+
+
+def _index(fs: Any, out_uri: str, options: dict[str, str]) -> Any:
+    fs.invalidate_cache()
+    return read_index(out_uri, options).to_pandas()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_s3_in_and_out(s3: tuple[Any, dict[str, str], str], tiny_model: Path, data_dir: Path, job_data: Any,
+                       manifest_rows: Any, write_manifest: Any, tmp_path: Path) -> None:
+    fs, options, bucket = s3
+    for name in ("g0.png", "g3.png", "m3.png"):
+        fs.put(str(data_dir / "img" / name), f"{bucket}/data/img/{name}")
+    rows = [r for r in manifest_rows(include_bad=False) if r["id"] in ("plain-0", "masked")]
+    fs.put(str(write_manifest(tmp_path, "s3.parquet", rows)), f"{bucket}/data/manifest.parquet")
+
+    spec = build_spec(job_data(tiny_model, f"s3://{bucket}/data/manifest.parquet", f"s3://{bucket}/out",
                                storage_options=options, output={"format": "jpeg", "sheet_items": 2}))
     summary = run_job(spec)
     assert summary.exit_code == 0 and summary.outputs_ok == 4
 
-    index = read_index("s3://sdedit/out", options).to_pylist()
-    assert {r["guide"] for r in index} == {"s3://sdedit/data/img/g0.png", "s3://sdedit/data/img/g3.png"}
+    index = read_index(f"s3://{bucket}/out", options).to_pylist()
+    assert {r["guide"] for r in index} == {f"s3://{bucket}/data/img/g0.png", f"s3://{bucket}/data/img/g3.png"}
     for row in index:
-        assert fs.exists(f"sdedit/out/{row['image']}") and row["image"].endswith(".jpg")
-    assert fs.exists("sdedit/out/sheet.png")
-    record = fs.cat("sdedit/out/job.json").decode()
+        assert fs.exists(f"{bucket}/out/{row['image']}") and row["image"].endswith(".jpg")
+    assert fs.exists(f"{bucket}/out/sheet.png")
+    record = fs.cat(f"{bucket}/out/job.json").decode()
     assert KEY not in record and SECRET not in record
-    assert json.loads(record)["spec"]["storage_options"]["endpoint_url"] == s3_endpoint
+    assert json.loads(record)["spec"]["storage_options"]["endpoint_url"] == options["endpoint_url"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_everything_on_s3_then_resume(s3: tuple[Any, dict[str, str], str], tiny_model: Path, data_dir: Path,
+                                      job_data: Any, manifest_rows: Any, write_manifest: Any,
+                                      tmp_path: Path) -> None:
+    """Manifests (CSV, JSON Lines), guides, masks, the checkpoint folder and the outputs all on S3;
+    then a resume that makes only what is missing, and a rerun that writes nothing at all."""
+    fs, options, bucket = s3
+    root = f"s3://{bucket}"
+    for name in ("g0.png", "g1.png", "g3.png", "m3.png"):
+        fs.put(str(data_dir / "img" / name), f"{bucket}/data/img/{name}")
+    fs.put(str(tiny_model), f"{bucket}/models/tiny", recursive=True)
+    for key in fs.find(f"{bucket}/models/tiny"):  # a public checkpoint; everything else stays private
+        fs.chmod(key, acl="public-read")
+    first = [r for r in manifest_rows(include_bad=False) if r["id"] in ("plain-0", "plain-1", "masked")]
+    fs.put(str(write_manifest(tmp_path, "first.csv", first)), f"{bucket}/data/first.csv")
+    more = [{"id": "late-0", "guide": "img/g1.png"}, {"id": "late-1", "guide": "img/g0.png", "mask": "img/m3.png"}]
+    fs.put(str(write_manifest(tmp_path, "more.jsonl", more)), f"{bucket}/data/more.jsonl")
+
+    data = job_data(
+        f"{root}/models/tiny", f"{root}/data/first.csv", f"{root}/out",
+        storage_options={"endpoint_url": options["endpoint_url"]},  # shared by every section
+        input={"storage_options": {"key": KEY, "secret": SECRET}},
+        output={"storage_options": {"key": KEY, "secret": SECRET}, "sheet_items": 0},
+    )
+    data["model"]["storage_options"] = {"anon": True}  # a public checkpoint: unsigned requests
+    with pytest.raises(ValueError, match="input.manifest"):  # anonymous requests do reach moto's ACLs
+        run_job(build_spec({**data, "input": {**data["input"], "storage_options": {"anon": True}}}))
+    summary = run_job(build_spec(data))
+    assert summary.exit_code == 0 and (summary.items, summary.outputs_ok) == (3, 6)
+    index = _index(fs, f"{root}/out", options)
+    assert index.model.str.startswith("tiny@sha256:").all()
+    assert set(index[index.id == "masked"]["mask"]) == {f"{root}/data/img/m3.png"}
+    images = _keys(fs, f"{bucket}/out/images")
+    assert images == sorted(f"{bucket}/out/{p}" for p in index.image)
+    others = set(_keys(fs, f"{bucket}/out")) - set(images)  # no temporary or partial objects anywhere
+    assert {k.rsplit("/", 1)[-1] for k in others if "/index/" not in k} == {"job.json"}
+    assert all(k.endswith(".parquet") for k in others if "/index/" in k)
+    record = fs.cat(f"{bucket}/out/job.json").decode()
+    assert KEY not in record and SECRET not in record
+
+    # An interrupted run, as a resume sees it: one image lost, a second manifest added later.
+    lost = f"{bucket}/out/{index[index.id == 'plain-1'].image.iloc[0]}"
+    fs.rm(lost)
+    kept = [k for k in images if k != lost]
+    for key in kept:  # mark the outputs a resume must keep: it must not write them again
+        fs.pipe(key, b"kept " + key.encode())
+    resumed = {**data, "input": {**data["input"], "manifest": [f"{root}/data/first.csv", f"{root}/data/more.jsonl"]},
+               "output": {**data["output"], "if_exists": "resume"}}
+    summary = run_job(build_spec(resumed))
+    assert summary.exit_code == 0 and (summary.items, summary.outputs, summary.outputs_ok) == (5, 10, 10)
+    assert summary.resumed_outputs == 5 and summary.items_run == 3  # plain-1 (one lost sample) + 2 new
+    after = _index(fs, f"{root}/out", options)
+    assert not after.duplicated(["id", "sample"]).any() and (after.status == "ok").all()
+    assert _keys(fs, f"{bucket}/out/images") == sorted(f"{bucket}/out/{p}" for p in after.image)
+    assert all(fs.cat(key) == b"kept " + key.encode() for key in kept)
+    assert fs.cat(lost)[:8] == b"\x89PNG\r\n\x1a\n"  # made again
+
+    # The scheduled rerun: everything is done, so it writes no image at all.
+    for key in _keys(fs, f"{bucket}/out/images"):
+        fs.pipe(key, b"kept " + key.encode())
+    summary = run_job(build_spec(resumed))
+    assert summary.exit_code == 0 and (summary.outputs, summary.resumed_outputs, summary.items_run) == (10, 10, 0)
+    final = _keys(fs, f"{bucket}/out/images")
+    assert len(final) == 10 and all(fs.cat(key) == b"kept " + key.encode() for key in final)
+    assert len(_index(fs, f"{root}/out", options)) == 10
+
+
+def test_s3_job_example_validates(s3: tuple[Any, dict[str, str], str], tiny_model: Path, data_dir: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """jobs/s3-example.yaml, pointed at the test endpoint, passes ``sdedit validate`` (model loaded from S3)."""
+    from pipeline.cli import main
+
+    fs, options, bucket = s3
+    fs.put(str(tiny_model), f"{bucket}/models/tiny", recursive=True)
+    fs.put(str(data_dir / "img" / "g0.png"), f"{bucket}/data/img/g0.png")
+    fs.pipe(f"{bucket}/data/manifest.csv", b"id,guide\na,img/g0.png\n")
+    code = main(["validate", str(REPO / "jobs" / "s3-example.yaml"),
+                 "--set", f"storage_options.endpoint_url={options['endpoint_url']}",
+                 "--set", f"storage_options.key={KEY}", "--set", f"storage_options.secret={SECRET}",
+                 "--set", f"input.manifest=s3://{bucket}/data/manifest.csv",
+                 "--set", f"model.uri=s3://{bucket}/models/tiny", "--set", f"output.uri=s3://{bucket}/out",
+                 "--set", "resources.num_gpus=0", "--set", "model.device=cpu"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "ok: model tiny@sha256:" in printed.out and SECRET not in printed.out + printed.err
