@@ -1,0 +1,78 @@
+"""jobs/: the job files load, the Kubernetes manifests say what jobs/README.md says, and a scheduled
+rerun of a finished job (``output.if_exists: resume``) writes nothing new."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.jobfile import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = REPO / "jobs"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "s3-example.yaml"])
+def test_job_files_load(name: str) -> None:
+    spec = load_spec(JOBS / name)
+    assert spec.output.uri
+
+
+def test_scheduled_jobs_resume() -> None:
+    """The files run on a schedule resume; the cron line and the CronJob never overlap two runs."""
+    assert load_spec(JOBS / "s3-example.yaml").output.if_exists == "resume"
+    cron = yaml.safe_load((JOBS / "kubernetes-cronjob.yaml").read_text())
+    assert cron["kind"] == "CronJob" and len(cron["spec"]["schedule"].split()) == 5
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    command = " ".join(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "ray job submit" in command and "-- sdedit run job.yaml" in command
+    readme = (JOBS / "README.md").read_text()
+    cron_time = r"^([0-9*/,-]+ ){5}"  # minute hour day month weekday
+    lines = [line for line in readme.splitlines() if re.match(cron_time, line)]
+    assert lines and all("sdedit run" in line and "flock -n" in line for line in lines)
+
+
+def test_kuberay_rayjob() -> None:
+    import ray
+
+    job = yaml.safe_load((JOBS / "kuberay-rayjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["spec"]["entrypoint"].startswith("sdedit run ")
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__  # driver and cluster must run the same Ray
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    (gpu,) = cluster["workerGroupSpecs"]
+    limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1 and gpu["minReplicas"] <= gpu["replicas"] <= gpu["maxReplicas"]
+    job_file = load_spec(JOBS / "s3-example.yaml")
+    assert job_file.resources.num_gpus == 1 and job_file.resources.actors.max == gpu["maxReplicas"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_rerun_of_a_finished_job_writes_nothing(tmp_path: Path, tiny_model: Path, data_dir: Path,
+                                                job_data: Any, manifest_rows: Any, write_manifest: Any,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`sdedit run` twice into the same output, as a cron job would: the second run keeps every file."""
+    rows = [r for r in manifest_rows(include_bad=False) if r["id"] in ("plain-0", "plain-1", "masked")]
+    data = job_data(tiny_model, write_manifest(data_dir, "scheduled.csv", rows), tmp_path / "out",
+                    output={"if_exists": "resume", "sheet_items": 0})
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(data))
+
+    assert main(["run", str(job)]) == 0
+    images = tmp_path / "out" / "images"
+    first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in images.iterdir()}
+    assert len(first) == 6  # 3 items x 2 samples
+    capsys.readouterr()
+
+    assert main(["run", str(job)]) == 0
+    printed = capsys.readouterr().out
+    assert "6 of 6 outputs written" in printed and "resumed: 6 outputs were already done" in printed
+    second = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in images.iterdir()}
+    assert second == first  # no file added, none rewritten (a rewrite renames a new inode into place)
