@@ -169,3 +169,21 @@ def test_s3_job_example_validates(s3: tuple[Any, dict[str, str], str], tiny_mode
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "ok: model tiny@sha256:" in printed.out and SECRET not in printed.out + printed.err
+
+
+def test_gs_and_az_need_their_extras(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """gs:// and az:// go through the same fsspec path; without gcsfs / adlfs the job stops before any
+    work (exit 2) naming the field and the package to install (the `gcs` and `azure` extras)."""
+    import importlib.util
+
+    from pipeline.cli import main
+
+    if importlib.util.find_spec("gcsfs") or importlib.util.find_spec("adlfs"):
+        pytest.skip("gcsfs or adlfs installed: nothing to report")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {{manifest: gs://bucket/m.csv}}\noutput: {{uri: {tmp_path / 'out'}}}\n"
+                   "model: {uri: az://container/models/tiny}\n")
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "input.manifest: gs://bucket/m.csv" in err and "install gcsfs" in err
+    assert "model.uri:" in err and "Install adlfs" in err
