@@ -187,3 +187,48 @@ def test_gs_and_az_need_their_extras(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert "input.manifest: gs://bucket/m.csv" in err and "install gcsfs" in err
     assert "model.uri:" in err and "Install adlfs" in err
+
+
+@pytest.mark.parametrize("source", ["environment", "profile", "none"])
+def test_credentials_from_environment_or_profile(source: str, s3: tuple[Any, dict[str, str], str],
+                                                 tiny_model: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """No credentials in the job file: s3fs takes them from AWS_* variables or an AWS profile
+    (and with neither, the private bucket refuses the job: exit 2).
+
+    Checked in the driver (``sdedit validate`` reads the manifest and the checkpoint from S3); on a
+    cluster the workers need the same environment (docs/cloud.md).
+    """
+    import s3fs
+
+    from pipeline.cli import main
+
+    fs, options, bucket = s3
+    fs.put(str(tiny_model), f"{bucket}/models/tiny", recursive=True)
+    fs.pipe(f"{bucket}/m.csv", b"id,guide\na,g.png\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup either
+    if source == "environment":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    elif source == "profile":
+        credentials = tmp_path / "credentials"
+        credentials.write_text(f"[sdedit]\naws_access_key_id = {KEY}\naws_secret_access_key = {SECRET}\n")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+        monkeypatch.setenv("AWS_PROFILE", "sdedit")
+    s3fs.S3FileSystem.clear_instance_cache()  # credentials are resolved when an instance is made
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {{manifest: s3://{bucket}/m.csv}}\noutput: {{uri: s3://{bucket}/out}}\n"
+                   f"model: {{uri: s3://{bucket}/models/tiny}}\n"
+                   f"storage_options: {{endpoint_url: '{options['endpoint_url']}'}}\n")
+    try:
+        code, err = main(["validate", str(job)]), capsys.readouterr().err
+        assert code == (2 if source == "none" else 0), err
+        if source == "none":
+            assert "input.manifest:" in err and "model.uri:" in err and "Credentials" in err, err
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
