@@ -14,7 +14,7 @@ REDACTED = "***redacted***"
 
 # Substrings of option names that carry credentials in fsspec back ends (s3fs, gcsfs, adlfs, http...).
 _SECRET_WORDS = (
-    "key", "secret", "token", "password", "passwd", "credential", "auth", "signature",
+    "key", "secret", "token", "password", "passwd", "credential", "auth", "signature", "connection",
     "private", "session", "sas", "cookie", "bearer",
 )
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
