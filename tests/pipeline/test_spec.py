@@ -31,7 +31,7 @@ def _with(**sections: dict[str, Any]) -> dict[str, Any]:
 
 def test_defaults_are_documented_and_sane() -> None:
     spec = build_spec(MINIMAL)
-    assert spec.sampling.sampler == DEFAULT_SAMPLER == "ancestral"
+    assert spec.sampling.sampler == DEFAULT_SAMPLER == "dpmpp_2m_sde"
     assert spec.sampling.t0 == 0.5 and spec.sampling.passes == 1 and spec.sampling.samples_per_item == 1
     assert spec.resources.actors.min == spec.resources.actors.max == 1
     assert spec.output.format == "png" and spec.input.resize == "resize" and spec.device == "cpu"
