@@ -1,38 +1,12 @@
-"""Read Debian's Fashion-MNIST (IDX files, gzip) into uint8 arrays; training and test splits."""
+"""Fashion-MNIST for the training scripts: the package's reader (pipeline.quality.dataset) plus class names."""
 
 from __future__ import annotations
 
-import gzip
-import struct
-from pathlib import Path
+from pipeline.quality.dataset import DEFAULT_ROOT, load_split
 
-import numpy as np
-
-DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_split(split: str, root: Path | str = DEFAULT_ROOT) -> tuple[np.ndarray, np.ndarray]:
-    """Images `[N, 28, 28]` uint8 and labels `[N]` for split "train" or "test"."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(
-            f"{root} not found: install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
-        )
-    images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
-    labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
-    return images, labels
+__all__ = ["CLASS_NAMES", "DEFAULT_ROOT", "load_split"]

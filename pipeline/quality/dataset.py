@@ -1,8 +1,5 @@
-"""The evaluation images: Fashion-MNIST's test split, read from Debian's dataset-fashion-mnist.
-
-A copy of training/fashion_mnist.py's reader, because the installed package cannot import from
-training/ (which is not shipped).
-"""
+"""Fashion-MNIST read from Debian's dataset-fashion-mnist: the evaluation's test split, and the
+training split for the scripts in training/ (which import this reader)."""
 
 from __future__ import annotations
 
