@@ -2,6 +2,7 @@
 
 from .edit import check_t0, model_calls, resolve_steps, sdedit
 from .errors import CheckpointError, SDEditError
+from .execution import ExecutionOptions, accelerate, choose_batch_size
 from .loader import load_score_model, sde_from_scheduler_config
 from .model import PREDICTIONS, ScoreModel
 from .noise import Noise, generator_for, seed_for
@@ -9,8 +10,8 @@ from .samplers import SAMPLERS, Sampler, get_sampler, validate_sampler_options
 from .sde import VESDE, VPSDE, time_grid
 
 __all__ = [
-    "CheckpointError", "Noise", "PREDICTIONS", "SAMPLERS", "SDEditError", "Sampler", "ScoreModel",
-    "VESDE", "VPSDE", "check_t0", "generator_for", "get_sampler", "load_score_model", "model_calls",
-    "resolve_steps", "sde_from_scheduler_config", "sdedit", "seed_for", "time_grid",
-    "validate_sampler_options",
+    "CheckpointError", "ExecutionOptions", "Noise", "PREDICTIONS", "SAMPLERS", "SDEditError", "Sampler",
+    "ScoreModel", "VESDE", "VPSDE", "accelerate", "check_t0", "choose_batch_size", "generator_for",
+    "get_sampler", "load_score_model", "model_calls", "resolve_steps", "sde_from_scheduler_config", "sdedit",
+    "seed_for", "time_grid", "validate_sampler_options",
 ]

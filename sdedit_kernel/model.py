@@ -51,6 +51,10 @@ class ScoreModel:
         first = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = first.dtype if first is not None else torch.float32
+        # Execution options (see sdedit_kernel.execution.accelerate); the defaults are plain fp32 eager.
+        self.autocast: torch.dtype | None = None
+        self.channels_last = False
+        self.cudagraphs = False
 
     # -- data space ---------------------------------------------------------------------------
     def to_model_space(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -69,8 +73,7 @@ class ScoreModel:
         if s <= 0:
             raise SDEditError(f"the model cannot be evaluated at t={t}: there is no noise there")
         tt = torch.full((x.shape[0],), self.sde.model_time(t), device=x.device, dtype=torch.float32)
-        out = self.net(x.to(self.dtype), tt)
-        out = (out.sample if hasattr(out, "sample") else out).float()
+        out = self._call_net(x, tt)
         if out.shape != x.shape:
             raise SDEditError(f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
         if self.prediction == "epsilon":
@@ -86,6 +89,20 @@ class ScoreModel:
             eps = -s * out
             x0 = (x + s * s * out) / a
         return x0, eps
+
+    def _call_net(self, x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        """The network's output at (x, tt) as float32; only the network runs in reduced precision."""
+        xin = x.to(self.dtype)
+        if self.channels_last:
+            xin = xin.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            if self.cudagraphs:  # each call is a new step: the graph may reuse the last output's memory
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self.net(xin, tt)
+        out = out.sample if hasattr(out, "sample") else out
+        if self.cudagraphs:
+            out = out.clone()  # never hand out memory that the next replay overwrites
+        return out.float().contiguous()
 
     def __repr__(self) -> str:
         return (f"ScoreModel({type(self.net).__name__}, {self.sde!r}, prediction={self.prediction!r}, "
