@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.builtin import model_name, resolve_model_uri
+from pipeline.index import INPUT_COLUMNS
 
 RESULT_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -36,6 +37,7 @@ RESULT_SCHEMA = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
     ("notes", pa.string()),
+    *[(name, pa.string()) for name in INPUT_COLUMNS],  # passed through to the index (index.py)
 ])
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -89,7 +91,8 @@ class SDEditor:
         return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
 
     def _base(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        keep = ("id", "sample", "guide", "mask", "t0", "base_seed", "seed", "status", "error", "notes")
+        keep = ("id", "sample", "guide", "mask", "t0", "base_seed", "seed", "status", "error", "notes",
+                *INPUT_COLUMNS)
         return {**{k: row[k] for k in keep}, "model": self.label}
 
     def _run_group(self, rows: list[dict[str, Any]], results: list[dict[str, Any]],

@@ -5,7 +5,8 @@ truncated bytes, an image over the pixel limit, a pixel mode with no sound conve
 override) becomes an error row that names its reason; nothing here may stop the job. Conversions
 that change what the user gave (a mode converted, alpha flattened, a grey mask thresholded, a mask
 of another size resized) are stated in the row's ``notes``. Each item is expanded into one row per
-sample, each with its own generator seed, so the model stage works on outputs, not items.
+sample (and per t0 in a t0 sweep), each with its own generator seed, so the model stage works on
+outputs, not items.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.index import INPUT_COLUMNS
+from pipeline.naming import output_key
 from pipeline.redact import redact_text, strip_userinfo
 from pipeline.storage import read_bytes
 from sdedit_kernel import seed_for
@@ -37,6 +40,7 @@ WORK_SCHEMA = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
     ("notes", pa.string()),  # conversions applied to this item's inputs, "; "-joined; null: none
+    *[(name, pa.string()) for name in INPUT_COLUMNS],  # workflow, source URIs, built inputs (index.py)
 ])
 MODES = {1: "L", 3: "RGB"}
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -52,12 +56,20 @@ class DecodeSettings:
     height: int
     width: int
     policy: str
-    t0: float
+    t0: float | tuple[float, ...]  # a tuple: a t0 sweep, every item at every value
     seed: int
     samples: int
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
-    done: frozenset[tuple[str, int]] = field(default=frozenset(), repr=False)  # (id, sample) already written (resume)
+    # outputs already written (resume), as pipeline.naming.output_key: (id, t0 or None, sample)
+    done: frozenset[tuple[str, float | None, int]] = field(default=frozenset(), repr=False)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # composite and stroke-edit rows (pipeline.compose); defaults as in InputSpec
+    composite_mask: str = "overlay"
+    composite_margin: int = 2
+    edit_threshold: int = 24
+    edit_margin: int = 2
+    out_uri: str | None = None  # where built guides and masks are recorded (OUT/inputs/); None: nowhere
+    out_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
 
 
 def fit_image(img: Image.Image, height: int, width: int, policy: str, resample: int) -> Image.Image:
@@ -201,35 +213,64 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
     for row in batch.to_pylist():
         samples = row["samples"] or settings.samples
         base_seed = row["seed"] if row["seed"] is not None else settings.seed
-        t0 = row["t0"] if row["t0"] is not None else settings.t0
-        todo = [s for s in range(samples) if (row["id"], s) not in settings.done]
+        # A per-item t0 overrides the job's t0, a sweep included: that item runs once, at its own t0.
+        t0s = [row["t0"]] if row["t0"] is not None else list(_as_tuple(settings.t0))
+        sweep = isinstance(settings.t0, tuple)
+        todo = [(t0, s) for t0 in t0s for s in range(samples)
+                if output_key(row["id"], t0, s, sweep) not in settings.done]
         if not todo:
             continue
         pixels = edit_mask = None
         error = row["problem"]
         notes: list[str] = []
+        record = {name: strip_userinfo(row[name]) if row.get(name) else None for name in INPUT_COLUMNS}
+        record["workflow"] = row.get("workflow") or "guide"
         if error is None:
             try:
-                guide_img = load_image(row["guide"], settings.storage_options, "guide", settings.max_pixels)
-                pixels = guide_pixels(guide_img, settings, notes).tobytes()
-                if row["mask"]:
-                    mask_img = load_image(row["mask"], settings.storage_options, "mask", settings.max_pixels)
-                    edit_mask = mask_bits(mask_img, guide_img.size, settings, notes).tobytes()
+                pixels, edit_mask = _item_inputs(row, record, settings, notes)
             except ValueError as e:
                 error, pixels, edit_mask = str(e), None, None
             except Exception as e:  # noqa: BLE001 - an unexpected decoder failure is still one item's
                 error, pixels, edit_mask = f"decode error: {type(e).__name__}: {_short(e)}", None, None
-        for sample in todo:
+        for t0, sample in todo:
             out["id"].append(row["id"])
             out["sample"].append(sample)
             out["guide"].append(strip_userinfo(row["guide"]) if row["guide"] else None)
             out["mask"].append(strip_userinfo(row["mask"]) if row["mask"] else None)
             out["t0"].append(t0)
             out["base_seed"].append(base_seed)
+            # Not seeded by t0: every t0 of a sweep starts from the same noise, so a sweep's
+            # outputs of one (id, sample) differ only by t0.
             out["seed"].append(seed_for(base_seed, row["id"], sample))
             out["pixels"].append(pixels)
             out["edit_mask"].append(edit_mask)
             out["status"].append("ok" if error is None else "error")
             out["error"].append(error)
             out["notes"].append("; ".join(notes) or None)
+            for name in INPUT_COLUMNS:
+                out[name].append(record[name])
     return pa.Table.from_pydict(out, schema=WORK_SCHEMA)
+
+
+def _item_inputs(row: Mapping[str, Any], record: dict[str, Any], settings: DecodeSettings,
+                 notes: list[str]) -> tuple[bytes, bytes | None]:
+    """Guide pixels and edit mask bits of one item; built ones are recorded (paths into ``record``)."""
+    if record["workflow"] == "guide":
+        guide_img = load_image(row["guide"], settings.storage_options, "guide", settings.max_pixels)
+        pixels = guide_pixels(guide_img, settings, notes)
+        if not row["mask"]:
+            return pixels.tobytes(), None
+        mask_img = load_image(row["mask"], settings.storage_options, "mask", settings.max_pixels)
+        return pixels.tobytes(), mask_bits(mask_img, guide_img.size, settings, notes).tobytes()
+    from pipeline.compose import build_inputs, record_inputs  # compose builds on this module's loaders
+
+    pixels, bits = build_inputs(row, settings, notes)
+    try:
+        record["built_guide"], record["built_mask"] = record_inputs(row["id"], pixels, bits, settings)
+    except Exception as e:  # noqa: BLE001 - an input that cannot be recorded fails its item
+        raise ValueError(f"write error: built inputs: {type(e).__name__}: {_short(e)}") from None
+    return pixels.tobytes(), None if bits is None else bits.tobytes()
+
+
+def _as_tuple(t0: float | tuple[float, ...]) -> tuple[float, ...]:
+    return t0 if isinstance(t0, tuple) else (t0,)

@@ -41,6 +41,11 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
     ("model_calls", pa.int64()),
     ("notes", pa.string()),  # conversions applied to the inputs (mode, alpha, grey mask...); null: none
 ]
+# Where a row's guide and mask came from (docs/workflows.md): how the row gave them (workflow: guide,
+# composite or stroke_edit), the source URIs, and the guide and mask the pipeline built from them,
+# recorded under OUT/inputs/ (paths relative to OUT, like image). Strings, null where not used.
+INPUT_COLUMNS = ("workflow", "base", "overlay", "overlay_mask", "original", "edited", "built_guide", "built_mask")
+_COLUMNS += [(name, pa.string()) for name in INPUT_COLUMNS]
 INDEX_COLUMNS: list[str] = [name for name, _ in _COLUMNS]
 INDEX_DIR = "index"
 
@@ -76,7 +81,16 @@ def read_index(out_uri: str, options: Mapping[str, Any] | None = None,
     if not fs.exists(path):
         raise FileNotFoundError(f"{join_uri(out_uri, INDEX_DIR)} does not exist: no index written there")
     dataset = pq.ParquetDataset(path, filesystem=arrow_filesystem(fs))
-    return dataset.read(columns=columns)
+    if columns is None:
+        return dataset.read()
+    # An index written by an older version lacks the newer columns: they come back as nulls.
+    present = [c for c in columns if c in dataset.schema.names]
+    table = dataset.read(columns=present)
+    types = dict(_COLUMNS)
+    for name in columns:
+        if name not in present:
+            table = table.append_column(name, pa.nulls(table.num_rows, types.get(name, pa.string())))
+    return table.select(columns)
 
 
 def conform(table: pa.Table, embed_images: bool = False) -> pa.Table:

@@ -27,10 +27,25 @@ MANIFEST_SCHEMA = pa.schema([
     ("t0", pa.float64()),
     ("seed", pa.int64()),
     ("samples", pa.int64()),
-    ("problem", pa.string()),
+    # composite rows: base + overlay (+ overlay_mask), placed at x, y, scaled; stroke edits: original + edited
+    ("base", pa.string()),
+    ("overlay", pa.string()),
+    ("overlay_mask", pa.string()),
+    ("x", pa.float64()),
+    ("y", pa.float64()),
+    ("scale", pa.float64()),
+    ("original", pa.string()),
+    ("edited", pa.string()),
+    ("workflow", pa.string()),  # guide, composite or stroke_edit: which of the three the row uses
+    ("problem", pa.string()),  # last: the columns before it are the ones read from a manifest
 ])
-REQUIRED_COLUMNS = ("id", "guide")
+# A row gives its guide in exactly one of these ways (docs/workflows.md); the manifest needs an id
+# and the columns of at least one of them.
+WORKFLOW_COLUMNS = {"guide": ("guide",), "composite": ("base", "overlay"), "stroke_edit": ("original", "edited")}
+_URI_COLUMNS = ("guide", "mask", "base", "overlay", "overlay_mask", "original", "edited")
+_OPTIONAL = {"composite": ("overlay_mask", "x", "y", "scale"), "stroke_edit": ()}
 MAX_SAMPLES = 10_000
+MAX_SCALE = 64.0
 _FORMATS = {
     "parquet": (".parquet", ".pq"),
     "csv": (".csv", ".csv.gz", ".tsv"),
@@ -40,6 +55,15 @@ _FORMATS = {
 
 class ManifestError(ValueError):
     """The manifests as a whole cannot be run (missing file or column, missing or duplicate ids)."""
+
+
+def missing_columns(columns: list[str]) -> list[str]:
+    """What a manifest's columns lack: ``id``, and the columns of at least one way to give guides."""
+    have = set(columns)
+    missing = [] if "id" in have else ["id"]
+    if not any(set(needed) <= have for needed in WORKFLOW_COLUMNS.values()):
+        missing.append("guide (or base + overlay, or original + edited)")
+    return missing
 
 
 def manifest_format(uri: str, declared: str = "auto") -> str:
@@ -96,7 +120,7 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
     }
     if fmt == "parquet":
         raw = ray.data.read_parquet(path, **common)
-        wanted = [*MANIFEST_SCHEMA.names[:-1], "path"]  # read only what is used (manifests may be wide)
+        wanted = [*MANIFEST_SCHEMA.names[:-2], "path"]  # read only what is used (manifests may be wide)
         keep = [c for c in raw.schema().names if c in wanted]
         raw = raw.select_columns(keep) if keep else raw
     elif fmt == "csv":
@@ -105,7 +129,7 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
         # Only an empty cell is "no value": pyarrow's default null words ("NA", "null", "nan"...) would
         # turn an id "NA" into a missing id and an explicit "nan" t0 into no override.
         convert = pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in ("id", "guide", "mask")}, strings_can_be_null=True,
+            column_types={c: pa.string() for c in ("id", *_URI_COLUMNS)}, strings_can_be_null=True,
             null_values=[""],
         )
         parse = pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
@@ -118,7 +142,7 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
     columns = raw.schema().names if raw.count() else []
     if not columns:
         raise ManifestError(f"input.manifest: {uri} has no rows")
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns and fmt != "jsonl"]  # JSON: per row
+    missing = missing_columns(columns) if fmt != "jsonl" else []  # JSON: per row
     if missing:
         shown = ", ".join(columns)
         raise ManifestError(f"input.manifest: {uri} lacks column(s) {', '.join(missing)} (has: {shown})")
@@ -136,7 +160,7 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
     own file, from the ``path`` column Ray adds when reading a folder (``fs`` restores its scheme).
     """
     paths = [base] * batch.num_rows if base is not None else batch.column("path").to_pylist()
-    names = ("id", "guide", "mask", "t0", "seed", "samples")
+    names = MANIFEST_SCHEMA.names[:-2]
     if json_lines:
         records = [_json_record(line) for line in batch.column("text").to_pylist()]
         columns = {name: [r.get(name) for r in records] for name in names}
@@ -147,13 +171,17 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
     for i, file_path in enumerate(paths):
         row_base = file_path if base is not None or fs is None else fs.unstrip_protocol(file_path)
         problems: list[str] = []
-        guide = _text(columns["guide"][i])
-        mask = _text(columns["mask"][i])
-        if guide is None:
-            problems.append("missing guide: the guide column is empty")
         out["id"].append(_id_text(columns["id"][i]))
-        out["guide"].append(resolve_relative(row_base, guide) if guide else None)
-        out["mask"].append(resolve_relative(row_base, mask) if mask else None)
+        for name in _URI_COLUMNS:
+            uri = _text(columns[name][i])
+            out[name].append(resolve_relative(row_base, uri) if uri else None)
+        given = {name for name in names if name not in ("id", "t0", "seed", "samples", "mask")
+                 and not _missing(columns[name][i])}
+        out["workflow"].append(_workflow(given, problems))
+        out["x"].append(_position("x", columns["x"][i], problems))
+        out["y"].append(_position("y", columns["y"][i], problems))
+        out["scale"].append(_number("scale", columns["scale"][i], float, problems,
+                                    lambda v: 0 < v <= MAX_SCALE, f"in (0, {MAX_SCALE:g}]"))
         out["t0"].append(
             _number("t0", columns["t0"][i], float, problems, lambda v: 0 < v <= 1, "in (0, 1]")
         )
@@ -166,6 +194,32 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
         )
         out["problem"].append("; ".join(problems) or None)
     return pa.Table.from_pydict(out, schema=MANIFEST_SCHEMA)
+
+
+def _workflow(given: set[str], problems: list[str]) -> str:
+    """Which way the row gives its guide; a row that mixes ways or lacks a part gets a problem."""
+    used = [kind for kind, needed in WORKFLOW_COLUMNS.items() if given & {*needed, *_OPTIONAL.get(kind, ())}]
+    if not used:
+        problems.append("missing guide: the row gives no guide (nor base + overlay, nor original + edited)")
+        return "guide"
+    if len(used) > 1:
+        parts = " and ".join(", ".join(sorted(given & {*WORKFLOW_COLUMNS[k], *_OPTIONAL.get(k, ())})) for k in used)
+        problems.append(f"bad row: it gives {parts}; give exactly one of guide, base + overlay, original + edited")
+        return used[0]
+    lacking = [c for c in WORKFLOW_COLUMNS[used[0]] if c not in given]
+    if lacking:
+        needs = " and ".join(WORKFLOW_COLUMNS[used[0]])
+        problems.append(f"bad row: a {used[0].replace('_', ' ')} needs {needs}; {', '.join(lacking)} is empty")
+    return used[0]
+
+
+def _position(name: str, value: Any, problems: list[str]) -> float | None:
+    """An overlay corner coordinate: whole pixels (negative clips), or a fraction of the base in (0, 1)."""
+    number = _number(name, value, float, problems, lambda v: abs(v) < 2**31, "a pixel position below 2**31")
+    if number is not None and not number.is_integer() and not 0 < number < 1:
+        problems.append(f"bad override: {name}={value!r} must be whole pixels or a fraction in (0, 1)")
+        return None
+    return number
 
 
 def _json_record(line: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Output names: a file name for every (id, sample) that is safe on any file system or object store.
+"""Output names: a file name for every (id, sample), and t0 in sweeps, safe on any file system or store.
 
 Ids come from users' manifests and may hold slashes, ``..``, spaces, unicode or be very long. A
 readable stem is kept where possible; whenever the id had to be changed (or differs only by case,
@@ -13,6 +13,7 @@ import unicodedata
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 MAX_STEM = 80
+T0_DECIMALS = 6
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ALREADY_SAFE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -31,7 +32,44 @@ def safe_stem(item_id: str) -> str:
     return f"{stem}-{id_hash(item_id)}" if stem else f"id-{id_hash(item_id)}"
 
 
-def image_relpath(item_id: str, sample: int, image_format: str) -> str:
-    """Path of an output image relative to the output folder."""
-    return f"images/{safe_stem(item_id)}_s{sample}.{EXTENSIONS[image_format]}"
+def canonical_t0(t0: float) -> float:
+    """t0 rounded to 6 decimals: the form in which t0 values are compared (sweeps, resume keys).
 
+    A t0 from a job file, a CSV cell and a Parquet float may differ in the last bits of a float64;
+    rounding makes ``0.3`` from any of them one key, and 6 decimals is far finer than t0 matters.
+    """
+    return round(float(t0), T0_DECIMALS)
+
+
+def output_key(item_id: str, t0: float, sample: int, sweep: bool) -> tuple[str, float | None, int]:
+    """What names one output, for resume's done-set: (id, t0, sample) in a sweep, else (id, None, sample).
+
+    Outside sweeps t0 is left out, as in the names: an item whose manifest t0 changed between a run
+    and its resume keeps its done output (resume never makes a second output of the same name).
+    """
+    return item_id, canonical_t0(t0) if sweep else None, sample
+
+
+def t0_label(t0: float) -> str:
+    """``0.3`` -> ``"0.30"``, ``0.255`` -> ``"0.255"``: at least 2 decimals, as many as tell t0s apart."""
+    text = f"{canonical_t0(t0):.{T0_DECIMALS}f}".rstrip("0")
+    decimals = len(text.split(".")[1])
+    return text + "0" * max(0, 2 - decimals)
+
+
+def image_relpath(item_id: str, sample: int, image_format: str, t0: float | None = None) -> str:
+    """Path of an output image relative to the output folder.
+
+    ``t0`` is given only for t0-sweep jobs (``sampling.t0`` a list), where an item has one output per
+    t0: ``images/<stem>_t0.30_s0.png``. Single-t0 jobs keep ``images/<stem>_s0.png``.
+    """
+    middle = "" if t0 is None else f"_t{t0_label(t0)}"  # _t0.30: t and the t0 value
+    return f"images/{safe_stem(item_id)}{middle}_s{sample}.{EXTENSIONS[image_format]}"
+
+
+INPUTS_DIR = "inputs"  # guides and masks the pipeline built (composite and stroke-edit rows)
+
+
+def input_relpath(item_id: str, kind: str) -> str:
+    """Path of an item's built ``guide`` or ``mask`` relative to the output folder (always PNG)."""
+    return f"{INPUTS_DIR}/{safe_stem(item_id)}_{kind}.png"

@@ -15,12 +15,15 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.index import INDEX_DIR
+from pipeline.naming import INPUTS_DIR
 from pipeline.redact import redact_argv
 from pipeline.spec import JobSpec
 from pipeline.storage import join_uri, url_to_fs, write_atomic
 
 JOB_FILE = "job.json"
 SHEET_FILE = "sheet.png"
+SWEEP_SHEET_FILE = "sweep_sheet.png"  # t0 sweeps only (pipeline.sweep)
+SWEEP_PLOT_FILE = "sweep_faithfulness.png"
 IMAGES_DIR = "images"
 _PACKAGES = (
     "sdedit-pipeline", "torch", "diffusers", "ray", "pyarrow", "numpy", "pillow", "fsspec", "pydantic",
@@ -60,7 +63,7 @@ def prepare_output(spec: JobSpec) -> None:
     if spec.output.if_exists == "resume":
         fs.makedirs(root, exist_ok=True)
         return
-    for name in (INDEX_DIR, IMAGES_DIR, JOB_FILE, SHEET_FILE):
+    for name in (INDEX_DIR, IMAGES_DIR, INPUTS_DIR, JOB_FILE, SHEET_FILE, SWEEP_SHEET_FILE, SWEEP_PLOT_FILE):
         path = join_uri(root, name)
         if fs.exists(path):
             fs.rm(path, recursive=True)

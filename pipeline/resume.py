@@ -21,9 +21,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic_core import PydanticUndefined
 
 from pipeline.index import INDEX_DIR, conform
-from pipeline.naming import image_relpath
+from pipeline.naming import image_relpath, output_key
 from pipeline.outdir import IMAGES_DIR, read_job_record
 from pipeline.spec import JobSpec
 from pipeline.storage import join_uri, url_to_fs
@@ -34,7 +35,8 @@ log = logging.getLogger("pipeline")
 SHAPING_FIELDS = (
     ("sampling", "t0"), ("sampling", "sampler"), ("sampling", "options"), ("sampling", "steps"),
     ("sampling", "passes"), ("sampling", "seed"), ("model", "uri"), ("model", "dtype"),
-    ("input", "resize"), ("input", "image_size"), ("output", "format"), ("output", "quality"),
+    ("input", "resize"), ("input", "image_size"), ("input", "composite_mask"), ("input", "composite_margin"),
+    ("input", "edit_threshold"), ("input", "edit_margin"), ("output", "format"), ("output", "quality"),
     ("output", "embed_images"),
 )
 
@@ -43,8 +45,11 @@ class ResumeError(ValueError):
     """The output folder was made by a job that differs in a field that shapes outputs."""
 
 
-def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, int]]:
-    """(id, sample) of every output already done in ``output.uri``; compacts the index on the way.
+def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, float | None, int]]:
+    """Every output done in ``output.uri`` as :func:`pipeline.naming.output_key`; compacts the index.
+
+    In a t0 sweep the key is (id, t0, sample), t0 compared as ``canonical_t0`` (never as a raw
+    float); otherwise (id, None, sample).
 
     ``model_label`` (name and weights digest) must match the earlier run's: same name, other weights
     (a checkpoint saved again) would make other outputs.
@@ -71,24 +76,27 @@ def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, i
         )
     images = {p[len(root.rstrip("/")) + 1:] for p in fs.find(join_uri(root, IMAGES_DIR))}
     _remove_temporaries(fs, [*images, *(f[len(root.rstrip("/")) + 1:] for f in found)], root)
-    done: set[tuple[str, int]] = set()
+    done: set[tuple[str, float | None, int]] = set()
     for n, old in enumerate(files):  # one file at a time: embedded images may make the index large
         try:
             with fs.open(old, "rb") as f:
                 table = pq.read_table(f)
-            table.select(["id", "sample", "status"])
+            table.select(["id", "sample", "t0", "status"])
         except Exception as e:  # noqa: BLE001 - unreadable: its outputs are simply made again
             log.warning("resume: index file %s is unreadable (%s); its outputs will be made again",
                         old.rsplit("/", 1)[-1], type(e).__name__)
             continue
         keep = []
-        for i, (item_id, sample, status) in enumerate(zip(
+        for i, (item_id, sample, t0, status) in enumerate(zip(
             table.column("id").to_pylist(), table.column("sample").to_pylist(),
-            table.column("status").to_pylist(), strict=True,
+            table.column("t0").to_pylist(), table.column("status").to_pylist(), strict=True,
         )):
-            path = image_relpath(item_id, sample, spec.output.format)
-            if status == "ok" and path in images and (item_id, sample) not in done:
-                done.add((item_id, sample))
+            if status != "ok" or t0 is None:
+                continue
+            key = output_key(item_id, t0, sample, spec.sampling.sweep)
+            path = image_relpath(item_id, sample, spec.output.format, t0 if spec.sampling.sweep else None)
+            if path in images and key not in done:
+                done.add(key)
                 keep.append(i)
         if keep:
             with fs.open(join_uri(index_dir, f"resumed-{uuid.uuid4().hex[:12]}-{n:05d}.parquet"), "wb") as f:
@@ -107,7 +115,7 @@ def _remove_temporaries(fs: Any, relpaths: list[str], root: str) -> None:
 
 
 def _check_same_job(spec: JobSpec, record: Mapping[str, Any]) -> None:
-    before, now = record.get("spec", {}), spec.public_dict()
+    before, now = _with_defaults(spec, record.get("spec", {})), spec.public_dict()
     changed = [
         f"{section}.{name}: {before.get(section, {}).get(name)!r} -> {now[section][name]!r}"
         for section, name in SHAPING_FIELDS
@@ -118,6 +126,17 @@ def _check_same_job(spec: JobSpec, record: Mapping[str, Any]) -> None:
             "output.if_exists: cannot resume into an output made with other settings ("
             + "; ".join(changed) + "); use output.if_exists=overwrite or another output.uri"
         )
+
+
+def _with_defaults(spec: JobSpec, before: Mapping[str, Any]) -> dict[str, Any]:
+    """The earlier run's spec, where a field added since (e.g. input.edit_margin) has its default."""
+    out = dict(before)
+    for section in {section for section, _ in SHAPING_FIELDS}:
+        fields = type(getattr(spec, section)).model_fields
+        defaults = {name: f.default for name, f in fields.items() if f.default is not PydanticUndefined}
+        if isinstance(before.get(section), dict):
+            out[section] = {**defaults, **before[section]}
+    return out
 
 
 def _norm(value: Any) -> Any:

@@ -19,7 +19,7 @@ from pipeline.actor import ModelSettings, SDEditor, model_label
 from pipeline.builtin import resolve_model_uri
 from pipeline.decode import MODES, DecodeSettings, decode_batch
 from pipeline.jobfile import SpecError
-from pipeline.manifest import REQUIRED_COLUMNS, ManifestError, manifest_format, peek_columns, read_manifests
+from pipeline.manifest import ManifestError, manifest_format, missing_columns, peek_columns, read_manifests
 from pipeline.outdir import prepare_output, write_job_record
 from pipeline.redact import redact_text, strip_userinfo
 from pipeline.resume import completed_outputs
@@ -68,7 +68,7 @@ def preflight(spec: JobSpec) -> Plan:
             if columns == []:
                 problems.append(("input.manifest", f"{uri} is empty: no header and no rows"))
                 continue
-            missing = [c for c in REQUIRED_COLUMNS if columns is not None and c not in columns]
+            missing = missing_columns(columns) if columns is not None else []
             if missing:
                 problems.append(("input.manifest", f"{uri} lacks column(s) {', '.join(missing)}"))
         except ManifestError as e:
@@ -87,7 +87,9 @@ def preflight(spec: JobSpec) -> Plan:
     height, width = _image_size(spec, model.sample_size, problems)
     steps = 0
     try:
-        steps = resolve_steps(model, spec.sampling.t0, spec.sampling.steps, spec.sampling.sampler)
+        # A sweep is checked at each t0; the plan keeps the steps at the costliest.
+        steps = max(resolve_steps(model, t0, spec.sampling.steps, spec.sampling.sampler)
+                    for t0 in spec.sampling.t0_values)
     except ValueError as e:
         problems.append(("sampling.steps" if spec.sampling.steps else "sampling.t0", str(e)))
     if problems:
@@ -109,18 +111,23 @@ def _strip(e: Exception) -> str:
 
 
 def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
-                  done: frozenset[tuple[str, int]] = frozenset()) -> ray.data.Dataset:
+                  done: frozenset[tuple[str, float | None, int]] = frozenset()) -> ray.data.Dataset:
     """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed."""
     sampling, resources = spec.sampling, spec.resources
     # Small manifests arrive as one block: split so every actor gets work and batches stream.
-    rows_per_block = max(1, math.ceil(resources.batch_size / sampling.samples_per_item))
+    outputs_per_item = sampling.samples_per_item * len(sampling.t0_values)
+    rows_per_block = max(1, math.ceil(resources.batch_size / outputs_per_item))
     ds = manifest.repartition(target_num_rows_per_block=rows_per_block, strict=True)
     ds = ds.map_batches(
         decode_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
         fn_kwargs={"settings": DecodeSettings(
             channels=plan.channels, height=plan.height, width=plan.width, policy=spec.input.resize,
-            t0=sampling.t0, seed=sampling.seed, samples=sampling.samples_per_item,
+            t0=sampling.t0_values if sampling.sweep else sampling.t0, seed=sampling.seed,
+            samples=sampling.samples_per_item,
             storage_options=spec.options_for("input"), done=done, max_pixels=spec.input.max_pixels,
+            composite_mask=spec.input.composite_mask, composite_margin=spec.input.composite_margin,
+            edit_threshold=spec.input.edit_threshold, edit_margin=spec.input.edit_margin,
+            out_uri=spec.output.uri, out_options=spec.options_for("output"),
         )},
     )
     pool = resources.actors
@@ -141,7 +148,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
             out_uri=spec.output.uri, image_format=spec.output.format, quality=spec.output.quality,
             embed_images=spec.output.embed_images, sampler=sampling.sampler, passes=sampling.passes,
             channels=plan.channels, height=plan.height, width=plan.width,
-            storage_options=spec.options_for("output"),
+            storage_options=spec.options_for("output"), sweep=sampling.sweep,
         )},
     )
 
@@ -185,6 +192,11 @@ def _write_sheet(spec: JobSpec) -> None:
     try:
         make_sheet(spec.output.uri, out_options=spec.options_for("output"),
                    input_options=spec.options_for("input"), items=spec.output.sheet_items)
+        if spec.sampling.sweep:
+            from pipeline.sweep import write_sweep_views
+
+            write_sweep_views(spec.output.uri, out_options=spec.options_for("output"),
+                              input_options=spec.options_for("input"), items=min(spec.output.sheet_items, 8))
     except Exception as e:  # noqa: BLE001 - the sheet is a convenience; the outputs are already written
         log.warning("contact sheet not written: %s: %s", type(e).__name__, e)
 

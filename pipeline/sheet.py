@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.decode import DecodeSettings, guide_pixels, load_image, mask_bits
 from pipeline.index import read_index
-from pipeline.naming import image_relpath
+from pipeline.naming import image_relpath, t0_label
 from pipeline.outdir import SHEET_FILE, read_job_record
 from pipeline.storage import join_uri, read_bytes, url_to_fs, write_atomic
 
@@ -29,12 +29,11 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
                input_options: Mapping[str, Any] | None = None, items: int = 16) -> str:
     """Draw the contact sheet of up to ``items`` items into ``OUT/sheet.png``; returns its URI."""
     job = read_job_record(out_uri, out_options)
-    channels = int(job["model"]["channels"])
-    height, width = (int(v) for v in job["model"]["image_size"])
-    settings = DecodeSettings(channels=channels, height=height, width=width,
-                              policy=job["spec"]["input"]["resize"], t0=0.5, seed=0, samples=1)
-    # Image paths follow from (id, sample): the image column (maybe embedded bytes) is never read.
-    table = read_index(out_uri, out_options, columns=["id", "sample", "guide", "mask", "status"])
+    settings = fit_settings(job)
+    sweep = is_sweep(job)
+    # Image paths follow from (id, t0, sample): the image column (maybe embedded bytes) is never read.
+    table = read_index(out_uri, out_options,
+                       columns=["id", "sample", "t0", "guide", "mask", "status", "built_guide", "built_mask"])
     image_format = job["spec"]["output"]["format"]
     rows = table.to_pylist()
     by_id: dict[str, list[dict[str, Any]]] = {}
@@ -47,16 +46,20 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     sheet = Image.new("RGB", (LABEL_W + TILE * (2 + columns), HEADER_H + TILE * len(chosen)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    for c, title in enumerate(["guide", "mask (white = edit)", *[f"sample {s}" for s in range(columns)]]):
+    outputs_title = "output {}" if sweep else "sample {}"  # a sweep's tiles are captioned with t0 and sample
+    for c, title in enumerate(["guide", "mask (white = edit)", *[outputs_title.format(s) for s in range(columns)]]):
         draw.text((LABEL_W + c * TILE + 4, 4), title, fill="black", font=font)
     for r, item_id in enumerate(chosen):
         top = HEADER_H + r * TILE
-        outputs = sorted(by_id[item_id], key=lambda row: row["sample"])
+        outputs = sorted(by_id[item_id], key=lambda row: (row["sample"], row["t0"] or 0.0))
         draw.text((4, top + TILE // 2 - 6), _short(item_id), fill="black", font=font)
         first = outputs[0]
-        tiles = [_guide_tile(first["guide"], settings, input_options),
-                 _mask_tile(first["guide"], first["mask"], settings, input_options)]
-        tiles += [_output_tile(out_uri, row, image_format, out_options) for row in outputs[:columns]]
+        # Composite and stroke-edit rows: the guide and mask the run built and recorded, as the sampler got them.
+        tiles = [_built_tile(out_uri, first["built_guide"], out_options) if first["built_guide"]
+                 else _guide_tile(first["guide"], settings, input_options),
+                 _built_tile(out_uri, first["built_mask"], out_options) if first["built_mask"]
+                 else _mask_tile(first["guide"], first["mask"], settings, input_options)]
+        tiles += [_output_tile(out_uri, row, image_format, out_options, sweep) for row in outputs[:columns]]
         for c, tile in enumerate(tiles):
             sheet.paste(tile, (LABEL_W + c * TILE, top))
     buffer = io.BytesIO()
@@ -64,6 +67,18 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     fs, root = url_to_fs(out_uri, out_options)
     write_atomic(fs, join_uri(root, SHEET_FILE), buffer.getvalue())
     return join_uri(out_uri, SHEET_FILE)
+
+
+def fit_settings(job: Mapping[str, Any]) -> DecodeSettings:
+    """Decode settings that fit guides and masks as the run did, from its job.json record."""
+    height, width = (int(v) for v in job["model"]["image_size"])
+    return DecodeSettings(channels=int(job["model"]["channels"]), height=height, width=width,
+                          policy=job["spec"]["input"]["resize"], t0=0.5, seed=0, samples=1)
+
+
+def is_sweep(job: Mapping[str, Any]) -> bool:
+    """Whether the run was a t0 sweep (``sampling.t0`` a list): its image names carry t0."""
+    return isinstance(job["spec"]["sampling"]["t0"], list)
 
 
 def _short(text: str, limit: int = 22) -> str:
@@ -105,12 +120,24 @@ def _mask_tile(guide_uri: str | None, mask_uri: str | None, settings: DecodeSett
     return _fit_tile(Image.fromarray(bits * 255))
 
 
+def _built_tile(out_uri: str, relpath: str, options: Mapping[str, Any] | None) -> Image.Image:
+    try:
+        return _fit_tile(Image.open(io.BytesIO(read_bytes(join_uri(out_uri, relpath), options))))
+    except Exception:  # noqa: BLE001 - drawn as a note, like an unreadable guide
+        return _note_tile("input unreadable", (180, 0, 0))
+
+
 def _output_tile(out_uri: str, row: Mapping[str, Any], image_format: str,
-                 options: Mapping[str, Any] | None) -> Image.Image:
+                 options: Mapping[str, Any] | None, sweep: bool = False, caption: bool = True) -> Image.Image:
+    """One output's tile; in a sweep captioned ``t0 0.30 s0`` unless the column header says it."""
     if row["status"] != "ok":
         return _note_tile("error", (180, 0, 0))
-    path = image_relpath(row["id"], row["sample"], image_format)
+    path = image_relpath(row["id"], row["sample"], image_format, row["t0"] if sweep else None)
     try:
-        return _fit_tile(Image.open(io.BytesIO(read_bytes(join_uri(out_uri, path), options))))
+        tile = _fit_tile(Image.open(io.BytesIO(read_bytes(join_uri(out_uri, path), options))))
     except Exception:  # noqa: BLE001
         return _note_tile("image unreadable", (180, 0, 0))
+    if sweep and caption:
+        ImageDraw.Draw(tile).text((3, 1), f"t0 {t0_label(row['t0'])} s{row['sample']}", fill=(200, 0, 0),
+                                  font=ImageFont.load_default())
+    return tile

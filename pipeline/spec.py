@@ -54,6 +54,24 @@ class InputSpec(_Section):
         description="Largest guide or mask (width x height) decoded; checked from the file header, so a "
         "decompression bomb never reaches memory. Larger images become error rows (bad guide / bad mask).",
     )
+    # Composite and stroke-edit rows (docs/workflows.md): margins are in working pixels (the size the
+    # sampler sees), since a margin exists to let the sampler blend a seam it can see.
+    composite_mask: Literal["overlay", "whole"] = Field(
+        "overlay", description="Edit mask of composite rows (base + overlay): overlay (the pasted pixels, "
+        "grown by input.composite_margin) or whole (regenerate the whole image). A row's mask wins.",
+    )
+    composite_margin: int = Field(
+        2, ge=0, le=1024, description="Pixels (at the working size) the pasted region grows by in every "
+        "direction (a square dilation), so the seam around the overlay is regenerated too.",
+    )
+    edit_threshold: int = Field(
+        24, ge=0, le=254, description="Stroke-edit rows (original + edited): a pixel is edited where some "
+        "channel of the two images differs by more than this (0..255 scale, in the model's channels).",
+    )
+    edit_margin: int = Field(
+        2, ge=0, le=1024, description="Pixels (at the working size) the stroke-edit mask grows by in every "
+        "direction (a square dilation).",
+    )
 
     @field_validator("manifest")
     @classmethod
@@ -118,6 +136,19 @@ class ModelSpec(_Section):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Weights and compute dtype."
     )
+    autocast: Literal["none", "bfloat16", "float16"] = Field(
+        "none",
+        description="Run the network under torch.autocast in this dtype (float32 weights); the SDE schedule, "
+        "sampler updates and noise stay float32. bfloat16 pays on GPUs with bf16 matrix units.",
+    )
+    channels_last: bool = Field(
+        False, description="Keep weights and inputs in channels-last memory (faster convolutions on GPUs)."
+    )
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "off",
+        description="torch.compile mode for the network (off by default: it costs minutes of compilation "
+        "per actor and pays on long GPU jobs; reduce-overhead adds CUDA graphs). See docs/performance.md.",
+    )
     storage_options: StorageOptions | None = Field(
         None, description="fsspec options for the checkpoint; merged over the top-level ones."
     )
@@ -129,6 +160,12 @@ class ModelSpec(_Section):
         if problem:
             raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _autocast_needs_fp32_weights(self) -> ModelSpec:
+        if self.autocast != "none" and self.dtype != "float32":
+            raise ValueError(f"autocast: needs dtype float32 (weights in {self.dtype} already run in {self.dtype})")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -143,8 +180,9 @@ class ModelSpec(_Section):
 class SamplingSpec(_Section):
     """How SDEdit runs; every output row records the values it actually used."""
 
-    t0: float = Field(
-        0.5, gt=0.0, le=1.0, description="Perturbation time in (0, 1]; manifest column t0 overrides."
+    t0: float | list[float] = Field(
+        0.5, description="Perturbation time in (0, 1], or a list of them (a t0 sweep: every item runs at "
+        "every value, image names carry t0); a manifest column t0 overrides (that item runs once, at its t0).",
     )
     sampler: str = Field(DEFAULT_SAMPLER, description="Reverse-SDE sampler (see sdedit_kernel.SAMPLERS).")
     options: dict[str, Any] = Field(
@@ -160,6 +198,35 @@ class SamplingSpec(_Section):
         1, ge=1, le=10_000, description="Independent outputs per item; manifest column samples overrides."
     )
     seed: int = Field(0, ge=0, lt=2**63, description="Job seed; manifest column seed overrides per item.")
+
+    @field_validator("t0")
+    @classmethod
+    def _t0_values(cls, v: float | list[float]) -> float | list[float]:
+        from pipeline.naming import T0_DECIMALS, canonical_t0
+
+        values = v if isinstance(v, list) else [v]
+        if not values:
+            raise ValueError("an empty list: give at least one t0 in (0, 1]")
+        bad = [x for x in values if not 0.0 < x <= 1.0]  # NaN fails this too
+        if bad:
+            raise ValueError(f"each t0 must be in (0, 1]; got {', '.join(map(str, bad))}")
+        seen: dict[float, float] = {}
+        for x in values:
+            if canonical_t0(x) in seen:
+                raise ValueError(f"{seen[canonical_t0(x)]} and {x} are the same t0 (to {T0_DECIMALS} decimals): "
+                                 "each value once")
+            seen[canonical_t0(x)] = x
+        return v
+
+    @property
+    def sweep(self) -> bool:
+        """A t0 sweep (``t0`` given as a list, even of one value): image names and the index carry t0."""
+        return isinstance(self.t0, list)
+
+    @property
+    def t0_values(self) -> tuple[float, ...]:
+        """The job's t0 value(s), in the order given."""
+        return tuple(self.t0) if isinstance(self.t0, list) else (self.t0,)
 
     @model_validator(mode="after")
     def _sampler_known(self) -> SamplingSpec:
@@ -194,11 +261,27 @@ class ResourcesSpec(_Section):
         default_factory=ActorRange,
         description="Model actors: an int (fixed pool) or {min, max} (autoscaling).",
     )
-    batch_size: int = Field(8, ge=1, le=65_536, description="Outputs per model call.")
+    batch_size: int | Literal["auto"] = Field(
+        8, description="Outputs per model call, or auto: measured on one actor's resources before the job "
+        "(largest batch in 80% of free GPU memory; on CPUs, where images/s stop rising). Does not change outputs.",
+    )
+    max_crashes_per_item: int = Field(
+        2, ge=1, le=100,
+        description="A model actor's process that dies mid-batch is restarted and the batch retried (Ray); "
+        "after a process death the batch is retried one item at a time, and an item on which the process "
+        "died this many times becomes an error row (worker crash) instead of being retried forever.",
+    )
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per actor (fractions share a GPU).")
     num_cpus: float = Field(
         1.0, gt=0.0, description="CPUs per actor; torch uses this many threads (at least 1)."
     )
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 65_536:
+            raise ValueError("expected auto or an int from 1 to 65536")
+        return v
 
     @field_validator("actors", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.index import read_index
+from pipeline.naming import output_key
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,18 @@ def failure_reason(error: str) -> str:
 
 
 def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float,
-              resumed: frozenset[tuple[str, int]] = frozenset()) -> RunSummary:
-    """Count outputs and failed items (by reason) from the index under ``out_uri``."""
-    table: pa.Table = read_index(out_uri, options, columns=["id", "sample", "status", "error", "notes"])
+              resumed: frozenset[tuple[str, float | None, int]] = frozenset()) -> RunSummary:
+    """Count outputs and failed items (by reason) from the index under ``out_uri``.
+
+    ``resumed``: the outputs an earlier run made, as :func:`pipeline.naming.output_key` keys.
+    """
+    table: pa.Table = read_index(out_uri, options, columns=["id", "sample", "t0", "status", "error", "notes"])
     ids = table.column("id").to_pylist()
     statuses = table.column("status").to_pylist()
     errors = table.column("error").to_pylist()
     samples = table.column("sample").to_pylist()
+    t0s = table.column("t0").to_pylist()
+    sweep = any(key[1] is not None for key in resumed)  # keys carry t0 only in sweeps; no keys: no matter
     failed_items: dict[str, str] = {}
     for item_id, status, error in zip(ids, statuses, errors, strict=True):
         if status != "ok" and item_id not in failed_items:
@@ -95,6 +101,7 @@ def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float,
         failures_by_reason=dict(Counter(failed_items.values())),
         wall_s=wall_s,
         resumed_outputs=len(resumed),
-        items_run=len({i for i, s in zip(ids, samples, strict=True) if (i, s) not in resumed}),
+        items_run=len({i for i, t0, s in zip(ids, t0s, samples, strict=True)
+                       if output_key(i, t0, s, sweep) not in resumed}),
         items_with_notes=len({i for i, n in zip(ids, table.column("notes").to_pylist(), strict=True) if n}),
     )

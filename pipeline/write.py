@@ -41,6 +41,7 @@ class WriteSettings:
     height: int
     width: int
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
+    sweep: bool = False  # a t0 sweep: image names carry t0 (pipeline.naming.image_relpath)
 
 
 def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:
@@ -63,7 +64,8 @@ def write_batch(batch: pa.Table, settings: WriteSettings) -> pa.Table:
         record = {k: v for k, v in row.items() if k != "output"}
         record.update(sampler=settings.sampler, passes=settings.passes, image=None)
         if row["status"] == "ok":
-            rel = image_relpath(row["id"], row["sample"], settings.image_format)
+            rel = image_relpath(row["id"], row["sample"], settings.image_format,
+                                row["t0"] if settings.sweep else None)
             try:
                 data = encode_image(np.frombuffer(row["output"], np.uint8).reshape(shape),
                                     settings.image_format, settings.quality)
