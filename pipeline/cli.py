@@ -1,4 +1,4 @@
-"""The command line: ``sdedit run | validate | sheet | fields | eval`` (also ``python -m pipeline``).
+"""The command line: ``sdedit run | validate | sheet | inspect | tune-t0 | fields | eval`` (or ``python -m pipeline``).
 
 Exit codes: 0 every output written; 2 the job could not run (bad spec, model, manifest, output
 folder in use, or the cluster failed); 3 the job ran but some items failed (see the index's
@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sheet", help="(re)draw the contact sheet OUT/sheet.png of a finished run")
     p.add_argument("out", help="output folder URI of a run")
     p.add_argument("--items", type=int, default=16, help="items on the sheet (default 16)")
+    p = sub.add_parser("inspect", help="report on a run: counts, failures, throughput, t0 and faithfulness")
+    p.add_argument("out", help="output folder URI of a run")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-sheet", action="store_true", help="do not draw a missing contact or sweep sheet")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec storage option for OUT and the guides (value parsed as YAML); repeatable")
+    _tune_parser(sub)
     sub.add_parser("fields", help="list every job-file field with its default")
     sub.add_parser("eval", help="quality evaluation (pipeline.quality.harness; its own --help)")
     return parser
@@ -62,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "sheet":
         return _sheet(args.out, args.items)
+    if args.command == "inspect":
+        return _inspect(args)
+    if args.command == "tune-t0":
+        return _tune(args)
     return _validate(args.job, args.overrides) if args.command == "validate" else _run(args)
 
 
@@ -136,13 +147,97 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sheet(out: str, items: int) -> int:
     from pipeline.sheet import make_sheet
+    from pipeline.sweep import write_sweep_views
 
     try:
         print(make_sheet(out, items=items))
+        for uri in write_sweep_views(out, items=min(items, 8)):  # only when the index has several t0
+            print(uri)
     except (OSError, ValueError, KeyError) as e:
         _fail(f"no contact sheet for {out}", e)
         return EXIT_CANNOT_RUN
     return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from pipeline.report import inspect_output, render
+
+    try:
+        options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.options)}
+        report = inspect_output(args.out, options, input_options=options, draw=not args.no_sheet)
+    except (OSError, ValueError, KeyError, yaml.YAMLError) as e:
+        _fail(f"cannot inspect {args.out}", e)
+        return EXIT_CANNOT_RUN
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return EXIT_OK
+
+
+def _tune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune-t0", help="binary-search t0 for a target faithfulness L2 on a sample of the manifest",
+                       description="The paper's practice: bisect t0 on a few guides until their mean "
+                       "faithfulness L2 (the index's faithfulness_l2) meets the target, then write a copy "
+                       "of the job with sampling.t0 set. Exit 0: within tolerance; 3: written, closest "
+                       "probe only; 2: nothing written (bad job, target out of reach).")
+    p.add_argument("job", help="job file (YAML)")
+    p.add_argument("--target-l2", type=float, required=True,
+                   help="target mean faithfulness L2 (RMS per pixel, pixels in [0, 1]), e.g. 0.2")
+    p.add_argument("--sample", type=int, default=8, help="manifest items to tune on (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draw of items (default 0)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="accepted |L2 - target| (default 0.01)")
+    p.add_argument("--lo", type=float, default=0.05, help="lowest t0 searched (default 0.05)")
+    p.add_argument("--hi", type=float, default=1.0, help="highest t0 searched (default 1.0)")
+    p.add_argument("--max-iters", type=int, default=8, help="bisection probes after the two ends (default 8)")
+    p.add_argument("--out", default=None, help="tuned job file to write (default: JOB's name + .tuned.yaml)")
+    p.add_argument("--address", default=None, help="Ray address for reading the manifest (default: local)")
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.jobfile import SpecError
+
+    problems = [f"{flag} must be in (0, 1]" for flag, v in (("--lo", args.lo), ("--hi", args.hi)) if not 0 < v <= 1]
+    problems += ["--lo must be below --hi"] if args.lo >= args.hi else []
+    problems += [f"{flag} must be positive" for flag, v in (("--sample", args.sample),
+                                                            ("--tolerance", args.tolerance)) if v <= 0]
+    if problems:
+        _fail(f"{args.job}: cannot tune", ValueError("\n".join(problems)))
+        return EXIT_CANNOT_RUN
+    spec = _load(args.job, [])
+    if spec is None:
+        return EXIT_CANNOT_RUN
+    import ray
+
+    from pipeline.run import preflight
+    from pipeline.tune import L2Probe, TargetOutOfReach, bisect_t0, sample_guides, write_tuned_job
+
+    out = args.out or str(Path(args.job).with_suffix("")) + ".tuned.yaml"
+    try:
+        plan = preflight(spec)
+        if not ray.is_initialized():
+            ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+            logging.getLogger("ray.data").setLevel(logging.WARNING)  # the probes, not Ray's progress, are the output
+        work = sample_guides(spec, plan, args.sample, args.seed)
+        print(f"tune-t0: {work.num_rows} item(s) drawn with seed {args.seed}; model {plan.label}; "
+              f"{spec.sampling.sampler}, target L2 {args.target_l2:g} ± {args.tolerance:g}, "
+              f"t0 in [{args.lo}, {args.hi}]")
+        result = bisect_t0(L2Probe(spec, plan, work), args.target_l2, lo=args.lo, hi=args.hi,
+                           tolerance=args.tolerance, max_iters=args.max_iters,
+                           on_probe=lambda p: print(f"  probe t0={p.t0:<7g} mean L2 {p.l2:.4f}  (n={p.n})"))
+    except (SpecError, TargetOutOfReach, ValueError, RuntimeError) as e:  # RuntimeError: no output at a t0
+        _fail(f"{args.job}: cannot tune", e)
+        return EXIT_CANNOT_RUN
+    note = f"sdedit tune-t0 --target-l2 {args.target_l2:g}: mean L2 {result.l2:.4f} on {work.num_rows} items"
+    kept = write_tuned_job(args.job, out, result.t0, note)
+    verdict = "within" if result.converged else "NOT within (closest probe)"
+    print(f"chosen t0 = {result.t0:g}: mean L2 {result.l2:.4f}, {verdict} {args.tolerance:g} of {args.target_l2:g}")
+    print(f"wrote {out} (sampling.t0: {result.t0:g}; "
+          + ("the rest of the file as it was)" if kept else "YAML rewritten: comments dropped)"))
+    return EXIT_OK if result.converged else EXIT_ITEMS_FAILED
 
 
 if __name__ == "__main__":
