@@ -25,6 +25,7 @@ def test_python_dash_m_pipeline_help() -> None:
                           timeout=120)
     assert done.returncode == 0
     assert "run" in done.stdout and "validate" in done.stdout and "Exit codes" in done.stdout
+    assert "inspect" in done.stdout and "tune-t0" in done.stdout
 
 
 def test_fields_lists_every_dotted_name(capsys: pytest.CaptureFixture) -> None:

@@ -17,11 +17,23 @@ REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "s3-example.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "s3-example.yaml", "sweep.yaml"])
 def test_job_files_load(name: str) -> None:
     spec = load_spec(JOBS / name)
     assert spec.output.uri
 
+
+
+def test_sweep_job_and_its_pictures_in_the_readme() -> None:
+    """jobs/sweep.yaml mirrors the demo at three t0; the README shows what it makes and how to tune t0."""
+    sweep, demo = load_spec(JOBS / "sweep.yaml"), load_spec(JOBS / "demo.yaml")
+    assert sweep.sampling.sweep and sweep.sampling.t0_values == (0.3, 0.5, 0.7)
+    assert sweep.input == demo.input and sweep.model == demo.model
+    readme = (REPO / "README.md").read_text()
+    for picture in ("docs/sweep_sheet.png", "docs/sweep_faithfulness.png"):
+        assert f"]({picture})" in readme and (REPO / picture).is_file()
+    assert "sdedit tune-t0 jobs/demo.yaml --target-l2 0.2" in readme and "$ sdedit inspect out/sweep" in readme
+    assert "sdedit tune-t0 jobs/demo.yaml --target-l2 0.2" in (JOBS / "README.md").read_text()
 
 def test_scheduled_jobs_resume() -> None:
     """The files run on a schedule resume; the cron line and the CronJob never overlap two runs."""
