@@ -106,12 +106,13 @@ def test_resume_of_a_sweep_redoes_exactly_the_missing_output(sweep_job: dict[str
     out, data = sweep_job["out"], sweep_job["data"]
     gone = image_relpath("plain-1", 1, "png", 0.3)
     others = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir() if p.name != Path(gone).name}
+    original = (out / gone).read_bytes()
     (out / gone).unlink()
     summary = run_job(build_spec({**data, "output": {**data["output"], "if_exists": "resume"}}))
     after = pd.read_parquet(out / "index")
     assert summary.exit_code == 0 and summary.resumed_outputs == len(sweep_job["index"]) - 1
     assert summary.items_run == 1 and summary.outputs == len(sweep_job["index"])
-    assert (out / gone).is_file()
+    assert (out / gone).read_bytes() == original  # same seed, same bytes
     assert not after.duplicated(["id", "t0", "sample"]).any() and (after.status == "ok").all()
     assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir() if p.name != Path(gone).name} == others
     redone = after[after.image == gone]
