@@ -23,6 +23,7 @@ TILE = 112
 LABEL_W = 150
 HEADER_H = 22
 MAX_SAMPLE_COLUMNS = 8
+INPUT_COLUMNS = ["guide", "mask", "built_guide", "built_mask"]  # the index columns input_tiles reads
 
 
 def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
@@ -33,7 +34,7 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     sweep = is_sweep(job)
     # Image paths follow from (id, t0, sample): the image column (maybe embedded bytes) is never read.
     table = read_index(out_uri, out_options,
-                       columns=["id", "sample", "t0", "guide", "mask", "status", "built_guide", "built_mask"])
+                       columns=["id", "sample", "t0", "status", *INPUT_COLUMNS])
     image_format = job["spec"]["output"]["format"]
     rows = table.to_pylist()
     by_id: dict[str, list[dict[str, Any]]] = {}
@@ -54,11 +55,7 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
         outputs = sorted(by_id[item_id], key=lambda row: (row["sample"], row["t0"] or 0.0))
         draw.text((4, top + TILE // 2 - 6), _short(item_id), fill="black", font=font)
         first = outputs[0]
-        # Composite and stroke-edit rows: the guide and mask the run built and recorded, as the sampler got them.
-        tiles = [_built_tile(out_uri, first["built_guide"], out_options) if first["built_guide"]
-                 else _guide_tile(first["guide"], settings, input_options),
-                 _built_tile(out_uri, first["built_mask"], out_options) if first["built_mask"]
-                 else _mask_tile(first["guide"], first["mask"], settings, input_options)]
+        tiles = list(input_tiles(out_uri, first, settings, input_options, out_options))
         tiles += [_output_tile(out_uri, row, image_format, out_options, sweep) for row in outputs[:columns]]
         for c, tile in enumerate(tiles):
             sheet.paste(tile, (LABEL_W + c * TILE, top))
@@ -118,6 +115,21 @@ def _mask_tile(guide_uri: str | None, mask_uri: str | None, settings: DecodeSett
     except Exception:  # noqa: BLE001
         return _note_tile("mask unreadable", (180, 0, 0))
     return _fit_tile(Image.fromarray(bits * 255))
+
+
+def input_tiles(out_uri: str, row: Mapping[str, Any], settings: DecodeSettings,
+                input_options: Mapping[str, Any] | None,
+                out_options: Mapping[str, Any] | None) -> tuple[Image.Image, Image.Image]:
+    """The guide and mask tiles of an index row (which needs :data:`INPUT_COLUMNS` read).
+
+    Composite and stroke-edit rows show the guide and mask the run built and recorded in
+    OUT/inputs/, exactly as the sampler got them; other rows re-decode their guide and mask URIs.
+    """
+    guide = (_built_tile(out_uri, row["built_guide"], out_options) if row["built_guide"]
+             else _guide_tile(row["guide"], settings, input_options))
+    mask = (_built_tile(out_uri, row["built_mask"], out_options) if row["built_mask"]
+            else _mask_tile(row["guide"], row["mask"], settings, input_options))
+    return guide, mask
 
 
 def _built_tile(out_uri: str, relpath: str, options: Mapping[str, Any] | None) -> Image.Image:

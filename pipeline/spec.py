@@ -30,7 +30,8 @@ class InputSpec(_Section):
     """Where the guides come from and how they are fitted to the model's size."""
 
     manifest: str | list[str] = Field(
-        description="Manifest URI, or a list of them (required). Rows: id, guide, optional mask, "
+        description="Manifest URI, or a list of them (required). Rows: id, guide (or base + overlay, or "
+        "original + edited: docs/workflows.md), optional mask, "
         "optional per-item t0 / seed / samples. Relative guide and mask URIs resolve against "
         "the manifest's own folder."
     )

@@ -62,7 +62,8 @@ class RunSummary:
         ]
         if self.items_with_notes:
             lines.append(f"        notes: {self.items_with_notes} item(s) had their guide or mask converted "
-                         "(mode, alpha, size, grey mask thresholded): see the index's notes column")
+                         "(mode, alpha, size, grey mask thresholded) or built (composite, stroke edit): "
+                         "see the index's notes column")
         if self.resumed_outputs:
             lines.append(f"        resumed: {self.resumed_outputs} outputs were already done and kept")
         for reason, count in sorted(self.failures_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):

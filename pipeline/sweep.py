@@ -21,14 +21,14 @@ from pipeline.naming import canonical_t0, t0_label
 from pipeline.outdir import SWEEP_PLOT_FILE, SWEEP_SHEET_FILE, read_job_record
 from pipeline.sheet import (
     HEADER_H,
+    INPUT_COLUMNS,
     LABEL_W,
     TILE,
-    _guide_tile,
-    _mask_tile,
     _note_tile,
     _output_tile,
     _short,
     fit_settings,
+    input_tiles,
     is_sweep,
 )
 from pipeline.storage import join_uri, url_to_fs, write_atomic
@@ -73,7 +73,7 @@ def make_sweep_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = No
     """
     job = read_job_record(out_uri, out_options)
     settings, sweep, image_format = fit_settings(job), is_sweep(job), job["spec"]["output"]["format"]
-    table = read_index(out_uri, out_options, columns=["id", "sample", "t0", "guide", "mask", "status"])
+    table = read_index(out_uri, out_options, columns=["id", "sample", "t0", "status", *INPUT_COLUMNS])
     by_id: dict[str, dict[float, dict[str, Any]]] = {}
     for row in sorted(table.to_pylist(), key=lambda r: r["sample"]):
         if row["t0"] is not None:
@@ -82,7 +82,7 @@ def make_sweep_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = No
     swept = [i for i in ranked if len(by_id[i]) > 1]
     chosen = sorted((swept or ranked)[:max(1, items)])
     t0s = sorted({t0 for i in chosen for t0 in by_id[i]})[:MAX_T0_COLUMNS]
-    with_mask = any(row["mask"] for i in chosen for row in by_id[i].values())
+    with_mask = any(row["mask"] or row["built_mask"] for i in chosen for row in by_id[i].values())
     titles = ["guide", *(["mask (white = edit)"] if with_mask else []), *[f"t0 = {t0_label(t)}" for t in t0s]]
     sheet = Image.new("RGB", (LABEL_W + TILE * len(titles), HEADER_H + TILE * len(chosen)), "white")
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
@@ -92,9 +92,8 @@ def make_sweep_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = No
         top = HEADER_H + r * TILE
         first = next(iter(by_id[item_id].values()))
         draw.text((4, top + TILE // 2 - 6), _short(item_id), fill="black", font=font)
-        tiles = [_guide_tile(first["guide"], settings, input_options)]
-        if with_mask:
-            tiles.append(_mask_tile(first["guide"], first["mask"], settings, input_options))
+        guide, mask = input_tiles(out_uri, first, settings, input_options, out_options)
+        tiles = [guide, mask] if with_mask else [guide]
         for t0 in t0s:
             row = by_id[item_id].get(t0)
             tiles.append(_note_tile("not run at this t0") if row is None else

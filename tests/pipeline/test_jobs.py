@@ -88,3 +88,28 @@ def test_rerun_of_a_finished_job_writes_nothing(tmp_path: Path, tiny_model: Path
     assert "6 of 6 outputs written" in printed and "resumed: 6 outputs were already done" in printed
     second = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in images.iterdir()}
     assert second == first  # no file added, none rewritten (a rewrite renames a new inode into place)
+
+
+@pytest.mark.parametrize("name, workflow, picture", [
+    ("composite.yaml", "composite", "docs/composite_sheet.png"),
+    ("stroke_edit.yaml", "stroke_edit", "docs/stroke_edit_sheet.png"),
+])
+def test_workflow_jobs_their_samples_and_pictures(name: str, workflow: str, picture: str, tmp_path: Path) -> None:
+    """The compositing and stroke-edit job files load, every sample row builds cleanly at the bundled
+    model's size, and the README shows the picture with the command that makes it."""
+    import pyarrow.csv as pacsv
+
+    from pipeline.decode import DecodeSettings, decode_batch
+    from pipeline.manifest import normalize_batch
+
+    spec = load_spec(JOBS / name)
+    assert spec.model.uri == "fashion-mnist-ddpm"
+    manifest = REPO / spec.input.manifest
+    table = pacsv.read_csv(manifest, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    rows = decode_batch(normalize_batch(table, base=str(manifest)), DecodeSettings(
+        channels=1, height=28, width=28, policy="resize", t0=0.5, seed=0, samples=1, out_uri=str(tmp_path),
+    )).to_pylist()
+    assert rows and all(r["status"] == "ok" and r["workflow"] == workflow and r["edit_mask"] for r in rows)
+    assert len(list((tmp_path / "inputs").iterdir())) == 2 * len(rows)
+    readme = (REPO / "README.md").read_text()
+    assert f"]({picture})" in readme and (REPO / picture).is_file() and f"sdedit run jobs/{name}" in readme
