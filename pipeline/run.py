@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -19,6 +19,7 @@ from pipeline.actor import ModelSettings, SDEditor, model_label
 from pipeline.builtin import resolve_model_uri
 from pipeline.decode import MODES, DecodeSettings, decode_batch
 from pipeline.jobfile import SpecError
+from pipeline.ledger import start_ledger
 from pipeline.manifest import ManifestError, manifest_format, missing_columns, peek_columns, read_manifests
 from pipeline.outdir import prepare_output, write_job_record
 from pipeline.redact import redact_text, strip_userinfo
@@ -43,10 +44,12 @@ class Plan:
     label: str
     sde: str
     steps: int
+    batch_size: int = 8  # resources.batch_size, or the measured one when it says auto
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "sde": self.sde, "channels": self.channels,
-                "image_size": [self.height, self.width], "steps_at_job_t0": self.steps}
+                "image_size": [self.height, self.width], "steps_at_job_t0": self.steps,
+                "batch_size": self.batch_size}
 
 
 def preflight(spec: JobSpec) -> Plan:
@@ -94,7 +97,9 @@ def preflight(spec: JobSpec) -> Plan:
         problems.append(("sampling.steps" if spec.sampling.steps else "sampling.t0", str(e)))
     if problems:
         raise SpecError(problems)
+    batch = spec.resources.batch_size
     return Plan(channels=model.channels, height=height, width=width, steps=steps,
+                batch_size=batch if isinstance(batch, int) else 0,
                 label=model_label(spec.model.uri, model.digest), sde=type(model.sde).__name__)
 
 
@@ -110,29 +115,37 @@ def _strip(e: Exception) -> str:
     return str(e).split(": ", 1)[1] if str(e).startswith("input.") else str(e)
 
 
+def decode_settings(spec: JobSpec, plan: Plan,
+                    done: frozenset[tuple[str, float | None, int]] = frozenset()) -> DecodeSettings:
+    """The decode stage's settings; ``sdedit tune-t0`` decodes its sample with the same ones."""
+    sampling = spec.sampling
+    return DecodeSettings(
+        channels=plan.channels, height=plan.height, width=plan.width, policy=spec.input.resize,
+        t0=sampling.t0_values if sampling.sweep else sampling.t0, seed=sampling.seed,
+        samples=sampling.samples_per_item,
+        storage_options=spec.options_for("input"), done=done, max_pixels=spec.input.max_pixels,
+        composite_mask=spec.input.composite_mask, composite_margin=spec.input.composite_margin,
+        edit_threshold=spec.input.edit_threshold, edit_margin=spec.input.edit_margin,
+        out_uri=spec.output.uri, out_options=spec.options_for("output"),
+    )
+
+
 def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
-                  done: frozenset[tuple[str, float | None, int]] = frozenset()) -> ray.data.Dataset:
+                  done: frozenset[tuple[str, float | None, int]] = frozenset(), ledger: Any = None,
+                  ) -> ray.data.Dataset:
     """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed."""
     sampling, resources = spec.sampling, spec.resources
     # Small manifests arrive as one block: split so every actor gets work and batches stream.
     outputs_per_item = sampling.samples_per_item * len(sampling.t0_values)
-    rows_per_block = max(1, math.ceil(resources.batch_size / outputs_per_item))
+    rows_per_block = max(1, math.ceil(plan.batch_size / outputs_per_item))
     ds = manifest.repartition(target_num_rows_per_block=rows_per_block, strict=True)
     ds = ds.map_batches(
         decode_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-        fn_kwargs={"settings": DecodeSettings(
-            channels=plan.channels, height=plan.height, width=plan.width, policy=spec.input.resize,
-            t0=sampling.t0_values if sampling.sweep else sampling.t0, seed=sampling.seed,
-            samples=sampling.samples_per_item,
-            storage_options=spec.options_for("input"), done=done, max_pixels=spec.input.max_pixels,
-            composite_mask=spec.input.composite_mask, composite_margin=spec.input.composite_margin,
-            edit_threshold=spec.input.edit_threshold, edit_margin=spec.input.edit_margin,
-            out_uri=spec.output.uri, out_options=spec.options_for("output"),
-        )},
+        fn_kwargs={"settings": decode_settings(spec, plan, done)},
     )
     pool = resources.actors
     ds = ds.map_batches(
-        SDEditor, batch_size=resources.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
+        SDEditor, batch_size=plan.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
         compute=ray.data.ActorPoolStrategy(min_size=pool.min, max_size=pool.max),
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
         fn_constructor_kwargs={"settings": ModelSettings(
@@ -140,6 +153,8 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
             sampler=sampling.sampler, steps=sampling.steps, passes=sampling.passes,
             channels=plan.channels, height=plan.height, width=plan.width,
             sampler_options=dict(sampling.options), storage_options=spec.options_for("model"),
+            autocast=spec.model.autocast, channels_last=spec.model.channels_last, compile=spec.model.compile,
+            max_crashes=resources.max_crashes_per_item, ledger=ledger,
         )},
     )
     return ds.map_batches(
@@ -161,6 +176,8 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     """
     start = time.perf_counter()
     plan = preflight(spec)
+    if spec.resources.batch_size == "auto":
+        plan = replace(plan, batch_size=measure_batch_size(spec, plan))
     manifest = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input"))
     _warn_if_no_room(spec)
     s, pool = spec.sampling, spec.resources.actors
@@ -176,7 +193,7 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": len(done)})
     out_options = spec.options_for("output")
     sink = IndexDatasink(spec.output.uri, out_options, spec.output.embed_images, spec.output.rows_per_index_file)
-    build_dataset(spec, plan, manifest, done).write_datasink(
+    build_dataset(spec, plan, manifest, done, ledger=start_ledger()).write_datasink(
         sink, ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks
     )
     summary = summarize(spec.output.uri, out_options, time.perf_counter() - start, done)
@@ -184,6 +201,23 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     if sheet and spec.output.sheet_items:
         _write_sheet(spec)
     return summary
+
+
+def measure_batch_size(spec: JobSpec, plan: Plan) -> int:
+    """resources.batch_size: auto, measured by one task with an actor's resources (its GPU, its threads)."""
+    from pipeline.actor import ModelSettings, probe_batch_size
+
+    r = spec.resources
+    settings = ModelSettings(
+        uri=spec.model.uri, device=spec.device, dtype=spec.model.dtype, threads=r.threads,
+        sampler=spec.sampling.sampler, steps=spec.sampling.steps, passes=spec.sampling.passes,
+        channels=plan.channels, height=plan.height, width=plan.width, storage_options=spec.options_for("model"),
+        autocast=spec.model.autocast, channels_last=spec.model.channels_last,
+    )
+    task = ray.remote(probe_batch_size).options(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
+    chosen = int(ray.get(task.remote(settings)))
+    log.info("resources.batch_size: auto -> %d (measured on %s)", chosen, spec.device)
+    return chosen
 
 
 def _write_sheet(spec: JobSpec) -> None:

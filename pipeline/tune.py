@@ -17,7 +17,7 @@ import os
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,16 +125,15 @@ def sample_guides(spec: JobSpec, plan: Any, n: int, seed: int) -> pa.Table:
     blocks) and decoded until ``n`` decode cleanly. Per-item t0 and samples are ignored (the job's
     t0 is what is tuned); a per-item seed is kept.
     """
-    from pipeline.decode import DecodeSettings, decode_batch
+    from pipeline.decode import decode_batch
     from pipeline.manifest import MANIFEST_SCHEMA, read_manifests
+    from pipeline.run import decode_settings
 
     rows = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input")).take_all()
     rows = sorted((r for r in rows if r["problem"] is None), key=lambda r: r["id"])
     random.Random(seed).shuffle(rows)
-    settings = DecodeSettings(channels=plan.channels, height=plan.height, width=plan.width,
-                              policy=spec.input.resize, t0=spec.sampling.t0_values[0], seed=spec.sampling.seed,
-                              samples=1, storage_options=spec.options_for("input"),
-                              max_pixels=spec.input.max_pixels)
+    # The job's own decode settings, one t0 and one sample, and nothing recorded into OUT.
+    settings = replace(decode_settings(spec, plan), t0=spec.sampling.t0_values[0], samples=1, out_uri=None)
     chosen: list[pa.Table] = []
     count = 0
     for start in range(0, len(rows), n):
