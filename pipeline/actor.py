@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 
 from pipeline.builtin import model_name, resolve_model_uri
 from pipeline.index import INPUT_COLUMNS
+from pipeline.ledger import LedgerClient, work_key
 
 RESULT_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -58,6 +59,25 @@ class ModelSettings:
     width: int
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
+    autocast: str = "none"
+    channels_last: bool = False
+    compile: str = "off"
+    max_crashes: int = 2
+    ledger: Any = field(default=None, repr=False)  # a pipeline.ledger.CrashLedger actor handle, or None
+
+
+def probe_batch_size(settings: ModelSettings, limit: int = 1024) -> int:
+    """A Ray task body: load the model as an actor would and measure its batch size (compile left out)."""
+    from sdedit_kernel import choose_batch_size
+
+    editor = SDEditor(replace(settings, compile="off"))
+    editor.model.sample_size = (settings.height, settings.width)  # the job's working size
+    cap = limit if editor.model.device.type == "cuda" else min(limit, 256)
+    return choose_batch_size(editor.model, limit=cap)
+
+
+def _output_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return row["id"], row["t0"], row["sample"]
 
 
 def model_label(uri: str, digest: str | None) -> str:
@@ -69,7 +89,7 @@ class SDEditor:
     """Callable class for ``map_batches``: ``__init__`` loads the model, ``__call__`` edits a batch."""
 
     def __init__(self, settings: ModelSettings) -> None:
-        from sdedit_kernel import load_score_model
+        from sdedit_kernel import ExecutionOptions, accelerate, load_score_model
 
         torch.set_num_threads(settings.threads)
         self.settings = settings
@@ -78,22 +98,54 @@ class SDEditor:
             storage_options=dict(settings.storage_options) or None,
         )
         self.label = model_label(settings.uri, self.model.digest)
+        accelerate(self.model, ExecutionOptions(
+            autocast=None if settings.autocast == "none" else settings.autocast,
+            channels_last=settings.channels_last, compile=None if settings.compile == "off" else settings.compile,
+        ))
+        self.ledger = LedgerClient(settings.ledger)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         results: list[dict[str, Any]] = [self._base(row) for row in rows]
-        groups: dict[tuple[float, bool], list[int]] = {}
-        for i, row in enumerate(rows):
-            if row["status"] == "ok":
-                groups.setdefault((row["t0"], row["edit_mask"] is not None), []).append(i)
-        for (t0, _), indices in groups.items():
-            self._run_group(rows, results, indices, t0)
+        todo = [i for i, row in enumerate(rows) if row["status"] == "ok"]
+        batch_key = work_key(_output_key(rows[i]) for i in todo)
+        if todo and self.ledger.begin(batch_key) > 0:
+            # A process died on this batch before: go one item at a time, so only the culprit is lost.
+            for i in todo:
+                self._run_isolated(rows, results, i)
+        else:
+            groups: dict[tuple[float, bool], list[int]] = {}
+            for i in todo:
+                groups.setdefault((rows[i]["t0"], rows[i]["edit_mask"] is not None), []).append(i)
+            for (t0, _), indices in groups.items():
+                self._run_group(rows, results, indices, t0)
+        if todo:
+            self.ledger.finish(batch_key)
         return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
+
+    def _run_isolated(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], i: int) -> None:
+        key = work_key([_output_key(rows[i])])
+        deaths = self.ledger.begin(key)
+        if deaths >= self.settings.max_crashes:
+            # Left open in the ledger on purpose: if its batch dies again, the item is skipped again.
+            n = self.settings.max_crashes  # later skips count as attempts too; the deaths were n exactly
+            times = f"{n} time{'s' * (n != 1)}"
+            results[i].update(status="error", error=f"worker crash: the model process died {times} while "
+                              "editing this item (resources.max_crashes_per_item); it was skipped")
+            return
+        self._run_group(rows, results, [i], rows[i]["t0"])
+        self.ledger.finish(key)
 
     def _base(self, row: Mapping[str, Any]) -> dict[str, Any]:
         keep = ("id", "sample", "guide", "mask", "t0", "base_seed", "seed", "status", "error", "notes",
                 *INPUT_COLUMNS)
         return {**{k: row[k] for k in keep}, "model": self.label}
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Host -> device; on CUDA from pinned memory, asynchronously (the copy overlaps queued work)."""
+        if self.model.device.type != "cuda":
+            return tensor.to(self.model.device)
+        return tensor.pin_memory().to(self.model.device, non_blocking=True)
 
     def _run_group(self, rows: list[dict[str, Any]], results: list[dict[str, Any]],
                    indices: list[int], t0: float) -> None:
@@ -120,12 +172,12 @@ class SDEditor:
         if rows[indices[0]]["edit_mask"] is not None:
             bits = np.stack([np.frombuffer(rows[i]["edit_mask"], np.uint8) for i in indices])
             edit_mask = torch.from_numpy(bits.reshape(len(indices), 1, s.height, s.width)).float()
-            edit_mask = edit_mask.to(self.model.device)
+            edit_mask = self._to_device(edit_mask)
         generators = [torch.Generator().manual_seed(rows[i]["seed"]) for i in indices]
         steps = resolve_steps(self.model, t0, s.steps, s.sampler)
         start = time.perf_counter()
         edited = sdedit(
-            self.model, guide.to(self.model.device), t0=t0, steps=s.steps, sampler=s.sampler,
+            self.model, self._to_device(guide), t0=t0, steps=s.steps, sampler=s.sampler,
             edit_mask=edit_mask, passes=s.passes, generator=generators, **dict(s.sampler_options),
         )
         per_item_ms = (time.perf_counter() - start) * 1000.0 / len(indices)

@@ -10,9 +10,7 @@ import pytest
 import torch
 from conftest import tiny_unet
 
-from sdedit_kernel import (
-    ExecutionOptions, ScoreModel, SDEditError, VPSDE, accelerate, choose_batch_size, sdedit,
-)
+from sdedit_kernel import VPSDE, ExecutionOptions, ScoreModel, SDEditError, accelerate, choose_batch_size, sdedit
 
 GUIDES = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(7))
 

@@ -97,6 +97,48 @@ def test_actor_sigkilled_mid_batch_job_completes_exactly_once(
                    "and retries the batch; images identical to a clean run", lost, duplicated)
 
 
+def _poison_editor(pids: Path, poison: str) -> type:
+    """An SDEditor whose process dies (SIGKILL) whenever it edits the item ``poison``: every attempt."""
+
+    class PoisonEditor(SDEditor):
+        def _edit(self, rows: Any, results: Any, indices: list[int], t0: float) -> None:
+            if any(rows[i]["id"] == poison for i in indices):
+                with open(pids, "a") as f:
+                    f.write(f"{os.getpid()}\n")
+                os.kill(os.getpid(), signal.SIGKILL)
+            super()._edit(rows, results, indices, t0)
+
+    return PoisonEditor
+
+
+def test_item_that_kills_its_actor_every_time_becomes_an_error_row(
+        fault_job: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        record_outcome: Any) -> None:
+    pids = tmp_path / "pids"
+    monkeypatch.setattr(pipeline.run, "SDEditor", _poison_editor(pids, "f-3"))
+    out = tmp_path / "out"
+    data = _with_output(fault_job["data"], out)
+    data["resources"] = {**data.get("resources", {}), "max_crashes_per_item": 1}
+    summary = run_job(build_spec(data))
+    deaths = len(pids.read_text().split())
+    df = pd.read_parquet(out / "index")
+    bad = df[df.id == "f-3"]
+    assert set(bad.status) == {"error"} and len(bad) == 2
+    assert bad.error.str.startswith("worker crash: the model process died 1 time while editing").all()
+    assert deaths == 3  # the batch once, then each of f-3's two outputs alone once: bounded
+
+    poisoned = {(i, s) for i, s in EXPECTED if i == "f-3"}
+    lost, duplicated = lost_and_duplicated(out, EXPECTED - poisoned)
+    assert (lost, duplicated) == (0, 0) and len(df) == len(EXPECTED)
+    assert summary.exit_code == 3 and summary.failures_by_reason == {"worker crash": 1}
+    good = {k: v for k, v in _image_bytes(out).items() if not k.startswith("f-3_")}
+    assert good == {k: v for k, v in fault_job["images"].items() if not k.startswith("f-3_")}
+    record_outcome("an item that kills its model actor's process every time (SIGKILL on each attempt)",
+                   f"the batch is retried one item at a time; the item becomes an error row `worker crash` "
+                   f"after resources.max_crashes_per_item=1 death ({deaths} process deaths in all); every "
+                   "other output made, identical to a clean run; exit 3", lost, duplicated)
+
+
 def _kill_once_sink(marker: Path) -> type:
     """An IndexDatasink whose write task SIGKILLs its process once, just after publishing its file."""
     from pipeline.write import IndexDatasink
