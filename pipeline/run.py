@@ -130,6 +130,20 @@ def decode_settings(spec: JobSpec, plan: Plan,
     )
 
 
+def model_settings(spec: JobSpec, plan: Plan, *, ledger: Any = None, **changes: Any) -> ModelSettings:
+    """What every model actor (and tune-t0's in-process editor) is built from; ``changes`` override."""
+    sampling, model, resources = spec.sampling, spec.model, spec.resources
+    settings = ModelSettings(
+        uri=model.uri, device=spec.device, dtype=model.dtype, threads=resources.threads,
+        sampler=sampling.sampler, steps=sampling.steps, passes=sampling.passes,
+        channels=plan.channels, height=plan.height, width=plan.width,
+        sampler_options=dict(sampling.options), storage_options=spec.options_for("model"),
+        autocast=model.autocast, channels_last=model.channels_last, compile=model.compile,
+        max_crashes=resources.max_crashes_per_item, ledger=ledger,
+    )
+    return replace(settings, **changes)
+
+
 def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
                   done: frozenset[tuple[str, float | None, int]] = frozenset(), ledger: Any = None,
                   ) -> ray.data.Dataset:
@@ -148,14 +162,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
         SDEditor, batch_size=plan.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
         compute=ray.data.ActorPoolStrategy(min_size=pool.min, max_size=pool.max),
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
-        fn_constructor_kwargs={"settings": ModelSettings(
-            uri=spec.model.uri, device=spec.device, dtype=spec.model.dtype, threads=resources.threads,
-            sampler=sampling.sampler, steps=sampling.steps, passes=sampling.passes,
-            channels=plan.channels, height=plan.height, width=plan.width,
-            sampler_options=dict(sampling.options), storage_options=spec.options_for("model"),
-            autocast=spec.model.autocast, channels_last=spec.model.channels_last, compile=spec.model.compile,
-            max_crashes=resources.max_crashes_per_item, ledger=ledger,
-        )},
+        fn_constructor_kwargs={"settings": model_settings(spec, plan, ledger=ledger)},
     )
     return ds.map_batches(
         write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS, udf_modifying_row_count=False,
@@ -205,17 +212,11 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
 
 def measure_batch_size(spec: JobSpec, plan: Plan) -> int:
     """resources.batch_size: auto, measured by one task with an actor's resources (its GPU, its threads)."""
-    from pipeline.actor import ModelSettings, probe_batch_size
+    from pipeline.actor import probe_batch_size
 
     r = spec.resources
-    settings = ModelSettings(
-        uri=spec.model.uri, device=spec.device, dtype=spec.model.dtype, threads=r.threads,
-        sampler=spec.sampling.sampler, steps=spec.sampling.steps, passes=spec.sampling.passes,
-        channels=plan.channels, height=plan.height, width=plan.width, storage_options=spec.options_for("model"),
-        autocast=spec.model.autocast, channels_last=spec.model.channels_last,
-    )
     task = ray.remote(probe_batch_size).options(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
-    chosen = int(ray.get(task.remote(settings)))
+    chosen = int(ray.get(task.remote(model_settings(spec, plan))))
     log.info("resources.batch_size: auto -> %d (measured on %s)", chosen, spec.device)
     return chosen
 

@@ -96,15 +96,13 @@ class L2Probe:
     def __init__(self, spec: JobSpec, plan: Any, work: pa.Table) -> None:
         import torch
 
-        from pipeline.actor import ModelSettings, SDEditor
+        from pipeline.actor import SDEditor
+        from pipeline.run import model_settings
 
-        s = spec.sampling
         device = spec.device if spec.device == "cpu" or torch.cuda.is_available() else "cpu"  # driver may lack a GPU
-        self.editor = SDEditor(ModelSettings(
-            uri=spec.model.uri, device=device, dtype=spec.model.dtype, threads=os.cpu_count() or 1,
-            sampler=s.sampler, steps=s.steps, passes=s.passes, channels=plan.channels, height=plan.height,
-            width=plan.width, sampler_options=dict(s.options), storage_options=spec.options_for("model"),
-        ))
+        # compile off: a few probes never repay minutes of compilation; autocast stays (it shapes outputs)
+        self.editor = SDEditor(model_settings(spec, plan, device=device, threads=os.cpu_count() or 1,
+                                              compile="off"))
         self.work = work
 
     def __call__(self, t0: float) -> Probe:
