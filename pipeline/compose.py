@@ -164,15 +164,17 @@ def build_inputs(row: Mapping[str, Any], settings: DecodeSettings,
             load_image(row["base"], opts, "base", limit), load_image(row["overlay"], opts, "overlay", limit),
             cover, x=row["x"], y=row["y"], scale=row["scale"], mode=mode, max_pixels=limit, notes=notes,
         )
-        margin, rule = settings.composite_margin, f"overlay region ({int(region.sum())} px)"
+        margin, rule = _own(row, "margin", settings.composite_margin), f"overlay region ({int(region.sum())} px)"
     else:
+        threshold = _own(row, "threshold", settings.edit_threshold)
         guide, region = difference(load_image(row["original"], opts, "original", limit),
                                    load_image(row["edited"], opts, "edited", limit),
-                                   mode=mode, threshold=settings.edit_threshold, notes=notes)
-        margin, rule = settings.edit_margin, f"{int(region.sum())} px differ by more than {settings.edit_threshold}"
+                                   mode=mode, threshold=threshold, notes=notes)
+        margin = _own(row, "margin", settings.edit_margin)
+        rule = f"{int(region.sum())} px differ by more than {threshold}"
         if not region.any() and not row["mask"]:
             raise ValueError("bad stroke edit: no difference between original and edited (no pixel differs "
-                             f"by more than input.edit_threshold={settings.edit_threshold})")
+                             f"by more than {threshold}, the row's threshold or input.edit_threshold)")
     pixels = guide_pixels(guide, settings, notes)
     if row["mask"]:
         notes.append("edit mask: the row's mask (it wins over the derived one)")
@@ -182,6 +184,12 @@ def build_inputs(row: Mapping[str, Any], settings: DecodeSettings,
         return pixels, None
     notes.append(f"edit mask: {rule}, grown {margin} px")
     return pixels, grow(fit_region(region, settings.height, settings.width, settings.policy), margin)
+
+
+def _own(row: Mapping[str, Any], name: str, default: int) -> int:
+    """A row's own ``margin`` / ``threshold`` (manifest column), else the job's."""
+    value = row.get(name)
+    return default if value is None else int(value)
 
 
 def record_inputs(item_id: str, pixels: np.ndarray, bits: np.ndarray | None,

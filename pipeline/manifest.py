@@ -36,6 +36,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("scale", pa.float64()),
     ("original", pa.string()),
     ("edited", pa.string()),
+    ("margin", pa.int64()),  # per-row input.composite_margin / input.edit_margin
+    ("threshold", pa.int64()),  # per-row input.edit_threshold (stroke edits)
     ("workflow", pa.string()),  # guide, composite or stroke_edit: which of the three the row uses
     ("problem", pa.string()),  # last: the columns before it are the ones read from a manifest
 ])
@@ -175,9 +177,18 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
         for name in _URI_COLUMNS:
             uri = _text(columns[name][i])
             out[name].append(resolve_relative(row_base, uri) if uri else None)
-        given = {name for name in names if name not in ("id", "t0", "seed", "samples", "mask")
+        given = {name for name in names if name not in ("id", "t0", "seed", "samples", "mask", "margin", "threshold")
                  and not _missing(columns[name][i])}
-        out["workflow"].append(_workflow(given, problems))
+        workflow = _workflow(given, problems)
+        out["workflow"].append(workflow)
+        out["margin"].append(_number("margin", columns["margin"][i], int, problems, lambda v: 0 <= v <= 1024,
+                                     "between 0 and 1024"))
+        out["threshold"].append(_number("threshold", columns["threshold"][i], int, problems,
+                                        lambda v: 0 <= v <= 254, "between 0 and 254"))
+        if out["margin"][-1] is not None and workflow == "guide":
+            problems.append("bad override: margin applies to composite and stroke-edit rows only")
+        if out["threshold"][-1] is not None and workflow != "stroke_edit":
+            problems.append("bad override: threshold applies to stroke-edit rows (original + edited) only")
         out["x"].append(_position("x", columns["x"][i], problems))
         out["y"].append(_position("y", columns["y"][i], problems))
         out["scale"].append(_number("scale", columns["scale"][i], float, problems,

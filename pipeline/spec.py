@@ -63,15 +63,17 @@ class InputSpec(_Section):
     )
     composite_margin: int = Field(
         2, ge=0, le=1024, description="Pixels (at the working size) the pasted region grows by in every "
-        "direction (a square dilation), so the seam around the overlay is regenerated too.",
+        "direction (a square dilation), so the seam around the overlay is regenerated too; manifest column "
+        "margin overrides.",
     )
     edit_threshold: int = Field(
         24, ge=0, le=254, description="Stroke-edit rows (original + edited): a pixel is edited where some "
-        "channel of the two images differs by more than this (0..255 scale, in the model's channels).",
+        "channel of the two images differs by more than this (0..255 scale, in the model's channels); "
+        "manifest column threshold overrides.",
     )
     edit_margin: int = Field(
         2, ge=0, le=1024, description="Pixels (at the working size) the stroke-edit mask grows by in every "
-        "direction (a square dilation).",
+        "direction (a square dilation); manifest column margin overrides.",
     )
 
     @field_validator("manifest")

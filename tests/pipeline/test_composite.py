@@ -128,6 +128,9 @@ def test_manifest_rules() -> None:
         {"id": "nothing"},
         {"id": "bad-x", "base": "b.png", "overlay": "o.png", "x": 2.5},
         {"id": "bad-scale", "base": "b.png", "overlay": "o.png", "scale": 0},
+        {"id": "own-margin", "base": "b.png", "overlay": "o.png", "margin": "5"},
+        {"id": "margin-on-guide", "guide": "g.png", "margin": 1},
+        {"id": "threshold-on-composite", "base": "b.png", "overlay": "o.png", "threshold": 1},
     ], base="/data/m.csv").to_pylist()
     by_id = {r["id"]: r for r in rows}
     good = by_id["c"]
@@ -141,6 +144,9 @@ def test_manifest_rules() -> None:
     assert by_id["nothing"]["problem"].startswith("missing guide: the row gives no guide")
     assert by_id["bad-x"]["problem"] == "bad override: x=2.5 must be whole pixels or a fraction in (0, 1)"
     assert by_id["bad-scale"]["problem"] == "bad override: scale=0 must be in (0, 64]"
+    assert by_id["own-margin"]["margin"] == 5 and by_id["own-margin"]["problem"] is None
+    assert by_id["margin-on-guide"]["problem"] == "bad override: margin applies to composite and stroke-edit rows only"
+    assert by_id["threshold-on-composite"]["problem"].startswith("bad override: threshold applies to stroke-edit")
 
 
 def test_required_columns() -> None:

@@ -73,6 +73,8 @@ def test_decode_derives_grows_and_records_the_mask(stroke_dir: Path, tmp_path: P
         {"id": "same-masked", "original": "original.png", "edited": "same-rgb.png", "mask": "left-mask.png"},
         {"id": "taller", "original": "original.png", "edited": "taller.png"},
         {"id": "half", "original": "original.png"},
+        {"id": "own", "original": "original.png", "edited": "edited.png", "threshold": 5, "margin": 0},
+        {"id": "bad-own", "original": "original.png", "edited": "edited.png", "threshold": 255},
     ], stroke_dir / "m.jsonl")
     settings = DecodeSettings(channels=1, height=SIZE, width=SIZE, policy="resize", t0=0.1, seed=0, samples=1,
                               edit_margin=1, out_uri=str(tmp_path))
@@ -92,11 +94,15 @@ def test_decode_derives_grows_and_records_the_mask(stroke_dir: Path, tmp_path: P
     masked = np.frombuffer(rows["masked"]["edit_mask"], np.uint8).reshape(SIZE, SIZE)
     assert masked[:, :4].all() and masked.sum() == 4 * SIZE  # the row's mask wins
     assert rows["same"]["error"] == ("bad stroke edit: no difference between original and edited (no pixel "
-                                     "differs by more than input.edit_threshold=24)")
+                                     "differs by more than 24, the row's threshold or input.edit_threshold)")
     assert rows["same-masked"]["status"] == "ok" and "the row's mask" in rows["same-masked"]["notes"]
     assert rows["taller"]["error"] == ("bad stroke edit: original is 16x16 but edited is 16x17; they must be "
                                        "the same size")
     assert rows["half"]["error"] == "bad row: a stroke edit needs original and edited; edited is empty"
+    own = np.frombuffer(rows["own"]["edit_mask"], np.uint8).reshape(SIZE, SIZE)  # the row's threshold and margin
+    assert own.sum() == 19 and own[12, 12]
+    assert rows["own"]["notes"] == "edit mask: 19 px differ by more than 5, grown 0 px"
+    assert rows["bad-own"]["error"] == "bad override: threshold=255 must be between 0 and 254"
 
 
 @pytest.mark.usefixtures("ray_session")
