@@ -1,7 +1,8 @@
 """sdedit-pipeline: SDEdit as a distributed Ray Data batch job.
 
 Stages, one a module: ``spec`` (the job), ``manifest`` (read items), ``decode`` (guides and masks),
-``actor`` (the model), ``write`` (images and index rows), ``run`` (the wiring), ``cli`` (``sdedit``).
+``compose`` (guides and masks built from composites and stroke edits), ``actor`` (the model),
+``write`` (images and index rows), ``run`` (the wiring), ``cli`` (``sdedit``).
 The algorithm itself lives in ``sdedit_kernel``; imports only flow pipeline -> kernel.
 """
 

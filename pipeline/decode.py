@@ -6,7 +6,8 @@ override) becomes an error row that names its reason; nothing here may stop the 
 that change what the user gave (a mode converted, alpha flattened, a grey mask thresholded, a mask
 of another size resized) are stated in the row's ``notes``. Each item is expanded into one row per
 sample (and per t0 in a t0 sweep), each with its own generator seed, so the model stage works on
-outputs, not items.
+outputs, not items. Composite and stroke-edit rows get their guide and mask built by
+:mod:`pipeline.compose`, which records them under OUT/inputs/.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Manifest reading: Parquet, CSV or JSON Lines manifests -> one Ray Dataset of normalised item rows.
 
 Every manifest is read through Ray Data on an fsspec file system, then normalised to one schema
-(:data:`MANIFEST_SCHEMA`): ids become strings, guide and mask URIs are resolved against the
-manifest file's own folder, and per-item overrides are parsed. A malformed override does not stop
-the job: it is carried in ``problem`` and becomes an error row later. Only what makes the whole job
+(:data:`MANIFEST_SCHEMA`): ids become strings, guide and mask URIs (and the base, overlay, original
+and edited of composite and stroke-edit rows) are resolved against the manifest file's own folder,
+each row's way of giving its guide is recorded in ``workflow``, and per-item overrides are parsed.
+A malformed override or a row that mixes ways does not stop the job: it is carried in ``problem``
+and becomes an error row later. Only what makes the whole job
 ambiguous (a missing column, missing or duplicate ids) stops it before any work starts.
 """
 
