@@ -1,7 +1,8 @@
 """Render the outcomes the fault and bad-input tests recorded as the Markdown table of docs/reliability.md.
 
     SDEDIT_RELIABILITY_LOG=/tmp/rel.jsonl python -m pytest -q tests/pipeline/test_faults.py \\
-        tests/pipeline/test_resume.py tests/pipeline/test_bad_inputs.py tests/pipeline/test_security.py
+        tests/pipeline/test_resume.py tests/pipeline/test_bad_inputs.py tests/pipeline/test_security.py \\
+        tests/pipeline/test_composite.py tests/pipeline/test_stroke_edit.py
     python tests/pipeline/reliability_table.py /tmp/rel.jsonl
 """
 

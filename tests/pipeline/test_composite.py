@@ -223,7 +223,7 @@ def test_whole_mask_and_a_rows_own_mask(composite_dir: Path) -> None:
 
 @pytest.mark.usefixtures("ray_session")
 def test_composite_end_to_end(tmp_path: Path, composite_dir: Path, tiny_model: Path, job_data: Any,
-                              write_manifest: Any) -> None:
+                              write_manifest: Any, record_outcome: Any) -> None:
     names = ["id", "guide", "base", "overlay", "overlay_mask", "x", "y", "scale"]
     rows = [
         {"id": "disc", "base": "base.png", "overlay": "disc.png", "x": 4, "y": 5},
@@ -245,6 +245,12 @@ def test_composite_end_to_end(tmp_path: Path, composite_dir: Path, tiny_model: P
     assert errors["mixed"].startswith("bad row: it gives guide and base, overlay")
     assert errors["no-base"] == "bad row: a composite needs base and overlay; base is empty"
     assert errors["missing-overlay"].startswith("missing overlay: ")
+    for item, case in [("outside", "composite overlay placed outside the base"),
+                       ("mixed", "row giving a guide and a base + overlay"),
+                       ("no-base", "composite row without its base"), ("missing-overlay", "missing overlay file")]:
+        rows = df.xs(item, level="id")
+        lost = int(sorted(rows.index) != [0, 1] or (rows.status != "error").any())
+        record_outcome(case, f"error row `{errors[item][:110].replace(str(composite_dir) + '/', '')}`", lost, 0)
     base = np.asarray(Image.open(composite_dir / "base.png"))
     for item in ("disc", "square-scaled"):
         first = df.loc[(item, 0)]

@@ -107,7 +107,7 @@ def test_decode_derives_grows_and_records_the_mask(stroke_dir: Path, tmp_path: P
 
 @pytest.mark.usefixtures("ray_session")
 def test_stroke_edit_end_to_end_and_resume(tmp_path: Path, stroke_dir: Path, tiny_model: Path, job_data: Any,
-                                           write_manifest: Any) -> None:
+                                           write_manifest: Any, record_outcome: Any) -> None:
     rows = [
         {"id": "stroke", "original": "original.png", "edited": "edited.png"},
         {"id": "masked", "original": "original.png", "edited": "edited.png", "mask": "left-mask.png", "t0": 0.2},
@@ -122,6 +122,11 @@ def test_stroke_edit_end_to_end_and_resume(tmp_path: Path, stroke_dir: Path, tin
     assert summary.outputs_ok == 4 and len(df) == 8
     assert df.loc[("same", 0)].error.startswith("bad stroke edit: no difference")
     assert df.loc[("with-guide", 0)].error.startswith("bad row: it gives guide and edited, original")
+    for item, case in [("same", "stroke edit whose edited image equals the original"),
+                       ("with-guide", "row giving a guide and an original + edited")]:
+        rows = df.xs(item, level="id")
+        lost = int(sorted(rows.index) != [0, 1] or (rows.status != "error").any())
+        record_outcome(case, f"error row `{rows.error.iloc[0][:110]}`", lost, 0)
     edited = np.asarray(Image.open(stroke_dir / "edited.png"))
     for item in ("stroke", "masked"):
         keep = np.asarray(Image.open(out / df.loc[(item, 0)].built_mask)) == 0
