@@ -68,7 +68,7 @@ def _split_alpha(overlay: Image.Image, mode: str, notes: list[str]) -> tuple[Ima
     The colour is taken as is, not composited onto black as a guide's would be: the alpha blends it
     onto the base instead.
     """
-    if overlay.mode == "P" and "transparency" in overlay.info or overlay.mode == "PA":
+    if (overlay.mode == "P" and "transparency" in overlay.info) or overlay.mode == "PA":
         overlay = overlay.convert("RGBA")
     if overlay.mode in ("RGBA", "LA"):
         alpha = np.asarray(overlay.getchannel("A"), dtype=np.uint8)

@@ -46,6 +46,21 @@ def test_overlay_is_placed_where_stated_and_its_alpha_respected() -> None:
     assert note == "composite: overlay 4x3 at (5,2) scale 1, pixels from its alpha"
 
 
+def test_colour_and_palette_overlays() -> None:
+    base = Image.new("RGB", (8, 8), (10, 20, 30))
+    overlay = Image.new("RGBA", (2, 2), (200, 100, 50, 255))
+    overlay.putpixel((1, 1), (0, 0, 0, 0))
+    guide, region = composite(base, overlay, None, x=3, y=3, scale=None, mode="RGB", max_pixels=100, notes=[])
+    pixels = np.asarray(guide)
+    assert region.sum() == 3 and (pixels[3, 3] == [200, 100, 50]).all() and (pixels[4, 4] == [10, 20, 30]).all()
+    palette = Image.new("P", (2, 1), 1)
+    palette.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    palette.putpixel((0, 0), 0)
+    palette.info["transparency"] = 0  # palette index 0 is transparent
+    guide, region, note = _paste(palette, x=0, y=0)
+    assert region[0].tolist()[:3] == [False, True, False] and guide[0, 1] == 255 and "from its alpha" in note
+
+
 def test_soft_alpha_blends_and_a_plain_overlay_pastes_its_rectangle() -> None:
     guide, region, _ = _paste(Image.new("LA", (2, 2), (160, 128)), x=0, y=0)
     assert (guide[:2, :2] == round(BASE * (1 - 128 / 255) + 160 * 128 / 255)).all() and region[:2, :2].all()
