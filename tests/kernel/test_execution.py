@@ -130,7 +130,7 @@ def test_cuda_paths_match_cpu_fp32(options: dict) -> None:
     assert model.cudagraphs == (options.get("compile") == "reduce-overhead")
     first = _edit(model)
     again = _edit(model)  # a second run replays graphs: outputs must not alias the graph's memory
-    tolerance = 2e-2 if options.get("autocast") else 1e-3
+    tolerance = 2e-2 if options.get("autocast") else 5e-3  # fp32 convolutions run as TF32 on CUDA
     assert _rel(first, _reference()) < tolerance and torch.equal(first, again)
 
 
