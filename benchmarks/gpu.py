@@ -37,6 +37,10 @@ OPTION_SETS: list[tuple[str, dict[str, Any]]] = [
     ("bf16 autocast + channels_last", {"autocast": "bfloat16", "channels_last": True}),
     ("fp16 autocast + channels_last", {"autocast": "float16", "channels_last": True}),
     ("bf16 + channels_last + compile default", {"autocast": "bfloat16", "channels_last": True, "compile": "default"}),
+    ("bf16 + channels_last + compile default + cudnn benchmark",
+     {"autocast": "bfloat16", "channels_last": True, "compile": "default", "cudnn_benchmark": True}),
+    ("bf16 + compile default + cudnn benchmark", {"autocast": "bfloat16", "compile": "default",
+                                                  "cudnn_benchmark": True}),
     ("bf16 + channels_last + compile max-autotune-no-cudagraphs",
      {"autocast": "bfloat16", "channels_last": True, "compile": "max-autotune-no-cudagraphs"}),
 ]
@@ -84,12 +88,15 @@ def flops_per_image(net: torch.nn.Module) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_options(batch: int, budget_end: float, reference: torch.Tensor, flops: float) -> list[dict[str, Any]]:
+def bench_options(batch: int, budget_end: float, reference: torch.Tensor, flops: float,
+                  chosen: set[int] | None = None, save: Any = None) -> list[dict[str, Any]]:
     rows = []
     x = torch.randn(batch, 3, 256, 256, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     guides = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(2))
-    for name, opts in OPTION_SETS:
-        if time.time() > budget_end - (150 if "compile" in opts else 20):
+    for index, (name, opts) in enumerate(OPTION_SETS):
+        if chosen is not None and index not in chosen:
+            continue
+        if time.time() > budget_end - (90 if "compile" in opts else 20):
             print(f"skipped (time budget): {name}", flush=True)
             continue
         try:
@@ -98,6 +105,9 @@ def bench_options(batch: int, budget_end: float, reference: torch.Tensor, flops:
             print(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
             rows.append({"name": name, "options": opts, "error": f"{type(e).__name__}: {str(e)[:300]}"})
         torch.cuda.empty_cache()
+        torch.backends.cudnn.benchmark = False  # each option set starts from PyTorch's defaults
+        if save is not None:
+            save(rows)
     return rows
 
 
@@ -134,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--skip-headline", action="store_true")
+    p.add_argument("--sets", type=int, nargs="*", help="indices into OPTION_SETS (default: all)")
     p.add_argument("--write-docs", type=Path, help="write docs from an earlier OUT/gpu.json and exit")
     args = p.parse_args(argv)
     if args.write_docs:
@@ -166,8 +177,13 @@ def main(argv: list[str] | None = None) -> None:
         reference = ref_model.predict(x, 0.5)[0].cpu()
     del ref_model
     flops = flops_per_image(church_unet().cuda())
-    rows = bench_options(args.batch, end, reference, flops)
     params = sum(p.numel() for p in church_unet().parameters())
+
+    def save(rows: list[dict[str, Any]]) -> None:  # after every option set: a timeout loses nothing done
+        result.update(church={"flops_per_eval": flops, "rows": rows, "params": params})
+        (args.out / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
+
+    rows = bench_options(args.batch, end, reference, flops, set(args.sets) if args.sets else None, save)
     result.update(church={"flops_per_eval": flops, "rows": rows, "params": params})
     rows = [r for r in rows if "error" not in r] + [r for r in rows if "error" in r]
     base = rows[0].get("evals_per_s", float("nan"))
