@@ -62,6 +62,7 @@ class ModelSettings:
     autocast: str = "none"
     channels_last: bool = False
     compile: str = "off"
+    cudnn_benchmark: bool = False
     max_crashes: int = 2
     ledger: Any = field(default=None, repr=False)  # a pipeline.ledger.CrashLedger actor handle, or None
 
@@ -101,6 +102,7 @@ class SDEditor:
         accelerate(self.model, ExecutionOptions(
             autocast=None if settings.autocast == "none" else settings.autocast,
             channels_last=settings.channels_last, compile=None if settings.compile == "off" else settings.compile,
+            cudnn_benchmark=settings.cudnn_benchmark,
         ))
         self.ledger = LedgerClient(settings.ledger)
 

@@ -6,7 +6,8 @@ from the models that validate job files.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -30,6 +31,8 @@ def iter_fields(model: type[BaseModel] = JobSpec, prefix: str = "") -> list[tupl
 def _type_name(annotation: Any) -> str:
     if get_origin(annotation) is Literal:
         return " | ".join(str(v) for v in get_args(annotation))
+    if get_origin(annotation) in (Union, UnionType):  # int | Literal["auto"] -> "int | auto"
+        return " | ".join(_type_name(a) for a in get_args(annotation))
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation)
     return text.replace("typing.", "").replace("NoneType", "None").replace("ActorRange", "int | {min, max}")

@@ -139,7 +139,7 @@ def model_settings(spec: JobSpec, plan: Plan, *, ledger: Any = None, **changes: 
         channels=plan.channels, height=plan.height, width=plan.width,
         sampler_options=dict(sampling.options), storage_options=spec.options_for("model"),
         autocast=model.autocast, channels_last=model.channels_last, compile=model.compile,
-        max_crashes=resources.max_crashes_per_item, ledger=ledger,
+        cudnn_benchmark=model.cudnn_benchmark, max_crashes=resources.max_crashes_per_item, ledger=ledger,
     )
     return replace(settings, **changes)
 

@@ -147,6 +147,10 @@ class ModelSpec(_Section):
     channels_last: bool = Field(
         False, description="Keep weights and inputs in channels-last memory (faster convolutions on GPUs)."
     )
+    cudnn_benchmark: bool = Field(
+        False, description="On CUDA, let cuDNN time its convolution algorithms once per shape and keep the "
+        "fastest (shapes repeat for every call of a batch)."
+    )
     compile: Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "off",
         description="torch.compile mode for the network (off by default: it costs minutes of compilation "

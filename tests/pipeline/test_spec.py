@@ -161,3 +161,11 @@ def test_validate_command(tmp_path: Path, tiny_model: Path, data_dir: Path, caps
     assert main(["validate", str(job)]) == 2
     assert "already holds images/" in capsys.readouterr().err
     assert main(["validate", str(job), "--set", "output.if_exists=resume"]) == 0
+
+
+def test_docs_field_table_is_current() -> None:
+    """docs/pipeline.md carries `sdedit fields`' table verbatim: a new or changed field updates the docs."""
+    from pipeline.reference import render_fields
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "pipeline.md").read_text()
+    assert render_fields() in docs, "regenerate the table in docs/pipeline.md from `sdedit fields`"
