@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pipeline.index import INPUT_COLUMNS
 from pipeline.naming import output_key
 from pipeline.redact import redact_text, strip_userinfo
-from pipeline.storage import read_bytes
+from pipeline.storage import FileTooLargeError, read_bytes
 from sdedit_kernel import seed_for
 
 WORK_SCHEMA = pa.schema([
@@ -45,6 +45,7 @@ WORK_SCHEMA = pa.schema([
 ])
 MODES = {1: "L", 3: "RGB"}
 DEFAULT_MAX_PIXELS = 50_000_000
+BYTES_PER_PIXEL = 8  # the most an uncompressed image format stores per pixel (16-bit RGBA)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _REFUSED_MODES = {"F": "32-bit float pixels have no defined range", "LAB": "Lab colour has no conversion here"}
 
@@ -98,11 +99,17 @@ def load_image(uri: str, options: Mapping[str, Any], what: str,
     """Read and decode one image; raises ``ValueError("<reason> <what>: ...")`` on any failure.
 
     The pixel count is checked from the header, before any pixel is decoded: a small file that
-    claims a huge image (a decompression bomb) never reaches memory.
+    claims a huge image (a decompression bomb) never reaches memory. A file is never read beyond
+    what an image within the limit can take (:data:`BYTES_PER_PIXEL` per pixel, uncompressed 16-bit
+    RGBA, plus 1 MiB of headers): a multi-gigabyte file is refused from its size, unread.
     """
     shown = strip_userinfo(uri)
+    max_bytes = max_pixels * BYTES_PER_PIXEL + 2**20
     try:
-        data = read_bytes(uri, options)
+        data = read_bytes(uri, options, limit=max_bytes)
+    except FileTooLargeError as e:
+        raise ValueError(f"bad {what}: {shown}: {e}, more than an image of input.max_pixels={max_pixels} "
+                         "pixels can take") from None
     except FileNotFoundError:
         raise ValueError(f"missing {what}: {shown} not found") from None
     except Exception as e:  # noqa: BLE001 - any storage failure is this item's failure

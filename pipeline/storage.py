@@ -82,10 +82,23 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def read_bytes(uri: str, options: Mapping[str, Any] | None = None) -> bytes:
+class FileTooLargeError(ValueError):
+    """A file is larger than the reader's limit (raised before its bytes are read)."""
+
+
+def read_bytes(uri: str, options: Mapping[str, Any] | None = None, limit: int | None = None) -> bytes:
+    """The file's bytes; with ``limit``, refuses a larger file from its size, and never reads past it."""
     fs, path = url_to_fs(uri, options)
     with fs.open(path, "rb") as f:
-        return f.read()
+        if limit is None:
+            return f.read()
+        size = getattr(f, "size", None)
+        if size is not None and size > limit:
+            raise FileTooLargeError(f"{size} bytes")
+        data = f.read(limit + 1)
+        if len(data) > limit:
+            raise FileTooLargeError(f"over {limit} bytes")
+        return data
 
 
 def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

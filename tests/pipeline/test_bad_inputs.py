@@ -269,3 +269,21 @@ def test_bad_manifests_stop_before_any_work(tmp_path: Path, tiny_model: Path, jo
         assert "cannot run" in err and "input.manifest" in err and message in err, err
         assert not (out / "index").exists() and not (out / "images").exists(), name
         record_outcome(case, f"stops before any work, exit 2: `input.manifest: ... {message}`", 0, 0)
+
+
+def test_oversized_file_is_refused_from_its_size_unread(tmp_path: Path) -> None:
+    """A file larger than any image within input.max_pixels can be is refused before it is read."""
+    from pipeline.decode import load_image
+    from pipeline.storage import FileTooLargeError, read_bytes
+
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:  # sparse: 64 MiB that cost no disk and must cost no memory
+        f.truncate(64 * 2**20)
+    with pytest.raises(ValueError, match=r"bad guide: .*huge.png: 67108864 bytes, more than an image of "
+                                         r"input.max_pixels=100 pixels can take"):
+        load_image(str(big), {}, "guide", max_pixels=100)
+    with pytest.raises(FileTooLargeError):
+        read_bytes(str(big), limit=10)
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 10)
+    assert read_bytes(str(small), limit=10) == b"x" * 10
