@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,7 @@ def one(items: int, batch: int) -> dict[str, Any]:
     sampler.sample()
     sampler.stop_flag.set()
     ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
     assert summary.outputs_ok == items, summary
     return {"items": items, "wall_s": wall, "peaks": sampler.peaks}
 
