@@ -35,9 +35,6 @@ class CrashLedger:
     def finish(self, key: str) -> None:
         self.open.pop(key, None)
 
-    def size(self) -> int:
-        return len(self.open)
-
 
 def start_ledger() -> Any:
     """A ledger actor for one job (no CPU reserved: it only counts)."""
