@@ -1,6 +1,11 @@
 """Train the bundled VP score model (diffusers UNet2DModel, epsilon prediction) on Fashion-MNIST.
 
 Usage: python training/train_score_model.py --out pipeline/assets/models/fashion-mnist-ddpm
+       python training/train_score_model.py --out pipeline/assets/models/fashion-mnist-cond --num-classes 10
+
+With --num-classes the UNet is class-conditional (diffusers `num_class_embeds` = classes + 1): the
+extra last index is the null label, learned by replacing each label with it at --label-dropout
+probability, so the model also serves classifier-free guidance. `labels.json` names the classes.
 
 Reproducible from --seed (same thread count); logs loss and time to OUT/train_log.jsonl, and saves
 an EMA checkpoint every --save-every steps, so a run cut short still leaves a usable model.
@@ -37,12 +42,17 @@ SCHEDULE = dict(
 )
 
 
-def save(model, out: Path, meta: dict) -> None:
+def save(model, out: Path, meta: dict, num_classes: int = 0) -> None:
     from diffusers import DDPMScheduler
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     DDPMScheduler(**SCHEDULE).save_config(out)
+    if num_classes:
+        from fashion_mnist import CLASS_NAMES
+
+        labels = {"names": list(CLASS_NAMES[:num_classes]), "null_label": num_classes}
+        (out / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
     (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -59,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--num-classes", type=int, default=0, help="class-conditional with this many classes")
+    p.add_argument("--label-dropout", type=float, default=0.15, help="probability of the null label")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many steps, keeping the schedule planned for --steps")
     args = p.parse_args(argv)
@@ -66,10 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    images, _ = load_split("train")
+    images, labels = load_split("train")
+    labels = torch.from_numpy(labels.astype("int64"))
     data = torch.from_numpy(images.copy()).float().div(127.5).sub(1.0).unsqueeze(1)  # [-1, 1]
 
-    model = UNet2DModel(**ARCH)
+    arch = dict(ARCH, num_class_embeds=args.num_classes + 1) if args.num_classes else ARCH
+    model = UNet2DModel(**arch)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     betas = torch.linspace(SCHEDULE["beta_start"], SCHEDULE["beta_end"], 1000, dtype=torch.float64)
@@ -92,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(last):
         if cursor + args.batch_size > len(perm):
             perm, cursor = torch.randperm(len(data), generator=gen), 0
-        x0 = data[perm[cursor : cursor + args.batch_size]]
+        rows = perm[cursor : cursor + args.batch_size]
+        x0 = data[rows]
         cursor += args.batch_size
         flip = torch.rand(len(x0), generator=gen) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
@@ -100,7 +115,13 @@ def main(argv: list[str] | None = None) -> None:
         eps = torch.randn(x0.shape, generator=gen)
         ab = alpha_bar[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        loss = torch.nn.functional.mse_loss(model(xt, t).sample, eps)
+        if args.num_classes:
+            drop = torch.rand(len(x0), generator=gen) < args.label_dropout
+            y = torch.where(drop, torch.full_like(labels[rows], args.num_classes), labels[rows])
+            pred = model(xt, t, class_labels=y).sample
+        else:
+            pred = model(xt, t).sample
+        loss = torch.nn.functional.mse_loss(pred, eps)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -125,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                 "threads": args.threads, "params": n_params, "final_loss_avg": running,
                 "elapsed_s": round(time.time() - start, 1), "torch": torch.__version__,
                 "data": "Fashion-MNIST training split (60,000 images), random horizontal flips",
-            })
+                "num_classes": args.num_classes,
+                "label_dropout": args.label_dropout if args.num_classes else None,
+            }, args.num_classes)
 
 
 if __name__ == "__main__":
