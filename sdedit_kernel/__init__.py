@@ -3,15 +3,17 @@
 from .edit import check_t0, model_calls, resolve_steps, sdedit
 from .errors import CheckpointError, SDEditError
 from .execution import ExecutionOptions, accelerate, choose_batch_size
+from .guidance import Condition, ConditionedModel
+from .labels import ClassLabels
 from .loader import load_score_model, sde_from_scheduler_config
-from .model import PREDICTIONS, ScoreModel
+from .model import PREDICTIONS, Denoiser, ScoreModel
 from .noise import Noise, generator_for, seed_for
 from .samplers import SAMPLERS, Sampler, get_sampler, validate_sampler_options
 from .sde import VESDE, VPSDE, time_grid
 
 __all__ = [
-    "CheckpointError", "ExecutionOptions", "Noise", "PREDICTIONS", "SAMPLERS", "SDEditError", "Sampler",
-    "ScoreModel", "VESDE", "VPSDE", "accelerate", "check_t0", "choose_batch_size", "generator_for",
-    "get_sampler", "load_score_model", "model_calls", "resolve_steps", "sde_from_scheduler_config", "sdedit",
-    "seed_for", "time_grid", "validate_sampler_options",
+    "CheckpointError", "ClassLabels", "Condition", "ConditionedModel", "Denoiser", "ExecutionOptions", "Noise",
+    "PREDICTIONS", "SAMPLERS", "SDEditError", "Sampler", "ScoreModel", "VESDE", "VPSDE", "accelerate", "check_t0",
+    "choose_batch_size", "generator_for", "get_sampler", "load_score_model", "model_calls", "resolve_steps",
+    "sde_from_scheduler_config", "sdedit", "seed_for", "time_grid", "validate_sampler_options",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .errors import SDEditError
+from .labels import Label
 from .mask import composite, keep_region
 from .model import ScoreModel
 from .noise import Noise
@@ -54,6 +55,8 @@ def sdedit(
     passes: int = 1,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    labels: torch.Tensor | Sequence[Label] | None = None,
+    guidance_scale: float | torch.Tensor | Sequence[float] = 1.0,
     **sampler_options: Any,
 ) -> torch.Tensor:
     """SDEdit (Meng et al., ICLR 2022) on a batch of guides.
@@ -65,6 +68,11 @@ def sdedit(
     t0 to 0 (None: the sampler's default; for "ancestral", round(t0 * num_train_timesteps)).
     callback(pass_index, x) sees the model-space state after each pass. Returns pixels in [0, 1],
     clamped once, at the very end.
+
+    labels (class-conditional models): one per item, an index, a class name or None (unlabelled: the
+    null label, i.e. the unconditional model); labels=None leaves every item unlabelled. A LongTensor
+    [B] works too. guidance_scale: classifier-free guidance weight w, one for the batch or a tensor
+    [B]: 1 = the conditional model, 0 = the unconditional one, > 1 guided (sdedit_kernel.guidance).
     """
     spec = get_sampler(sampler)
     options = spec.resolve_options(sampler_options)
@@ -74,6 +82,7 @@ def sdedit(
         raise SDEditError(f"passes must be an integer >= 1, got {passes!r}")
     guide = _check_guide(model, guide)
     mask = _check_mask(edit_mask, guide) if edit_mask is not None else None
+    denoiser = model.bind(guide.shape[0], labels=labels, guidance_scale=guidance_scale)
 
     noise = Noise(generator, guide.shape[0])
     grid = model.sde.time_grid(t0, n)
@@ -90,7 +99,7 @@ def sdedit(
         else:
             after_step = keep_region(model.sde, m, y, z)
             x = after_step(x, t0)
-        x = spec.fn(model, x, grid, noise, after_step, **options)
+        x = spec.fn(denoiser, x, grid, noise, after_step, **options)
         start = x if m is None else torch.lerp(y, x, m)
         if callback is not None:
             callback(p, start)

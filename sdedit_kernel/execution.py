@@ -63,21 +63,24 @@ def accelerate(model: ScoreModel, options: ExecutionOptions) -> ScoreModel:
 
 
 def choose_batch_size(model: ScoreModel, *, limit: int = 256, memory_fraction: float = 0.8,
-                      time_budget_s: float = 2.0) -> int:
+                      time_budget_s: float = 2.0, guided: bool = False) -> int:
     """The batch size to run ``model`` at: from free memory on CUDA, from measured speed elsewhere.
 
     CUDA: the network's peak memory is measured at two batch sizes (it grows linearly); the
     sampler's own tensors (about :data:`STATE_COPIES` images per item, float32) are added, and the
     largest batch that fits in ``memory_fraction`` of the free memory is taken, rounded down to a
     multiple of 8. Other devices have no memory to run out of at these sizes: batches double while
-    images/s still rise by 10 % and one call stays under ``time_budget_s``.
+    images/s still rise by 10 % and one call stays under ``time_budget_s``. guided: size for
+    classifier-free guidance, whose network calls take twice the batch.
     """
     if limit < 1:
         raise SDEditError(f"limit must be >= 1, got {limit}")
     shape = _item_shape(model)
+    if guided and model.null_label is None:
+        raise SDEditError("guided=True needs a class-conditional model with a null label")
     if model.device.type == "cuda":
-        return _batch_from_memory(model, shape, limit, memory_fraction)
-    return _batch_from_speed(model, shape, limit, time_budget_s)
+        return _batch_from_memory(model, shape, limit, memory_fraction, guided)
+    return _batch_from_speed(model, shape, limit, time_budget_s, guided)
 
 
 STATE_COPIES = 12  # x, x0, eps, noise, guide, mask, the multistep history and temporaries
@@ -92,12 +95,14 @@ def _item_shape(model: ScoreModel) -> tuple[int, int, int]:
 
 
 @torch.inference_mode()
-def _call(model: ScoreModel, shape: tuple[int, int, int], batch: int) -> None:
+def _call(model: ScoreModel, shape: tuple[int, int, int], batch: int, guided: bool) -> None:
     x = torch.randn(batch, *shape, device=model.device)
-    model.predict(x, 0.5)
+    labels = [0] * batch if model.classes is not None else None  # any label costs the same
+    model.bind(batch, labels=labels, guidance_scale=2.0 if guided else 1.0).predict(x, 0.5)
 
 
-def _batch_from_memory(model: ScoreModel, shape: tuple[int, int, int], limit: int, fraction: float) -> int:
+def _batch_from_memory(model: ScoreModel, shape: tuple[int, int, int], limit: int, fraction: float,
+                       guided: bool) -> int:
     device = model.device
 
     def peak(batch: int) -> int:
@@ -105,7 +110,7 @@ def _batch_from_memory(model: ScoreModel, shape: tuple[int, int, int], limit: in
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        _call(model, shape, batch)
+        _call(model, shape, batch, guided)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
 
@@ -120,14 +125,15 @@ def _batch_from_memory(model: ScoreModel, shape: tuple[int, int, int], limit: in
     return chosen - chosen % 8 if chosen >= 8 else chosen
 
 
-def _batch_from_speed(model: ScoreModel, shape: tuple[int, int, int], limit: int, budget_s: float) -> int:
+def _batch_from_speed(model: ScoreModel, shape: tuple[int, int, int], limit: int, budget_s: float,
+                      guided: bool) -> int:
     import time
 
-    _call(model, shape, 1)  # warm-up: first calls pay for allocations and kernel selection
+    _call(model, shape, 1, guided)  # warm-up: first calls pay for allocations and kernel selection
     best, best_rate, batch = 1, 0.0, 1
     while batch <= limit:
         start = time.perf_counter()
-        _call(model, shape, batch)
+        _call(model, shape, batch, guided)
         elapsed = time.perf_counter() - start
         rate = batch / max(elapsed, 1e-9)
         if rate < best_rate * 1.1:

@@ -2,7 +2,10 @@
 
 Weights are read with safetensors, or `torch.load(weights_only=True)` for `.bin`: a checkpoint never
 runs code. The scheduler config decides the SDE: DDPM-style configs give a VPSDE, ScoreSdeVe
-configs a VESDE with data in [0, 1]. Every error names the file and the field.
+configs a VESDE with data in [0, 1]. A class-conditional UNet (`num_class_embeds`, or
+`class_embed_type="timestep"`) may carry `labels.json` next to its config.json (or, in the pipeline
+layout, at the root): `{"names": [...], "null_label": N}`, both optional (sdedit_kernel.labels).
+Every error names the file and the field.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, SDEditError
+from .labels import ClassLabels, check_class_embedding, classes_from_config, parse_labels_file
 from .model import ScoreModel
 from .sde import VESDE, VPSDE
 
@@ -96,6 +100,7 @@ def load_score_model(
                               "was trained with")
     sched = store.json(sched_file)
     sde, prediction, data_range = sde_from_scheduler_config(sched, f"{store.uri}/{sched_file}")
+    classes = _read_classes(store, unet_dir, config)
 
     weights_name = next((n for n in WEIGHT_NAMES if store.exists(unet_dir + n)), None)
     if weights_name is None:
@@ -119,10 +124,31 @@ def load_score_model(
     except RuntimeError as e:
         raise CheckpointError(f"{where}: weights do not match config.json ({str(e).splitlines()[-1]})") from e
     _quiet_to(net, device, dtype)
+    if config.get("class_embed_type") == "timestep" and dtype != torch.float32:
+        # diffusers feeds the float32 time projection of the labels to a half-precision Linear
+        net.class_embedding.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.linear_1.weight.dtype),))
     sample = net.config.sample_size
     return ScoreModel(net, sde, prediction, data_range, channels=net.config.in_channels,
                       sample_size=tuple(sample) if isinstance(sample, list | tuple) else sample,
-                      digest=hashlib.sha256(raw).hexdigest(), source=store.uri)
+                      digest=hashlib.sha256(raw).hexdigest(), source=store.uri, classes=classes)
+
+
+def _read_classes(store: _Store, unet_dir: str, config: dict[str, Any]) -> ClassLabels | None:
+    """The network's labels: config.json's class embedding, named by labels.json when there is one
+    (the unet folder's first, then the root's)."""
+    try:
+        check_class_embedding(config)
+        rel = next((r for r in dict.fromkeys((unet_dir + "labels.json", "labels.json")) if store.exists(r)), None)
+        if rel is None:
+            return classes_from_config(config)
+    except SDEditError as e:
+        raise CheckpointError(f"{store.uri}/{unet_dir}config.json: {e}") from e
+    try:
+        return classes_from_config(config, *parse_labels_file(store.json(rel)))
+    except CheckpointError:
+        raise
+    except SDEditError as e:
+        raise CheckpointError(f"{store.uri}/{rel}: {e}") from e
 
 
 def sde_from_scheduler_config(cfg: dict[str, Any], where: str) -> tuple[VPSDE | VESDE, str, tuple[float, float]]:

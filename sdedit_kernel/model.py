@@ -1,20 +1,34 @@
 """ScoreModel: one contract for any network, so samplers never ask what kind of model they run.
 
-The network is called as diffusers' UNet2DModel is, `net(x, t)`, returning a tensor or an object
-with `.sample`. Whatever it predicts (epsilon, the clean sample, v, or the score), `predict`
-returns both the clean-data estimate x0 and the noise estimate eps at time t, in float32.
+The network is called as diffusers' UNet2DModel is, `net(x, t)` (plus `class_labels=` for a
+class-conditional one), returning a tensor or an object with `.sample`. Whatever it predicts
+(epsilon, the clean sample, v, or the score), `predict` returns both the clean-data estimate x0 and
+the noise estimate eps at time t, in float32. A conditional model is first bound to a batch's
+condition (`bind`), which gives the samplers an object with the same `predict(x, t)`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 
 from .errors import SDEditError
+from .guidance import ConditionedModel
+from .labels import ClassLabels, Label, classes_from_config, guidance_scales
 from .sde import VESDE, VPSDE
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction", "score")
+
+
+class Denoiser(Protocol):
+    """What a sampler needs: the SDE, and (x0_hat, eps_hat) at (x, t). A ScoreModel, or one bound to a condition."""
+
+    @property
+    def sde(self) -> VPSDE | VESDE: ...
+
+    def predict(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class ScoreModel:
@@ -31,7 +45,10 @@ class ScoreModel:
         sample_size: int | tuple[int, int] | None = None,
         digest: str | None = None,
         source: str | None = None,
+        classes: ClassLabels | None = None,
     ) -> None:
+        """classes: the labels of a class-conditional network; None reads them from its config
+        (num_class_embeds labels, no names, no null label), or none for an unconditional network."""
         if prediction not in PREDICTIONS:
             raise SDEditError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if prediction == "v_prediction" and not isinstance(sde, VPSDE):
@@ -48,6 +65,7 @@ class ScoreModel:
         self.sample_size = sample_size if sample_size is not None else getattr(cfg, "sample_size", None)
         self.digest = digest
         self.source = source
+        self.classes = _check_classes(classes, cfg)
         first = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = first.dtype if first is not None else torch.float32
@@ -65,17 +83,69 @@ class ScoreModel:
         lo, hi = self.data_range
         return (x - lo) / (hi - lo)
 
+    # -- class labels -------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int | None:
+        """How many label indices the network takes (its num_class_embeds, null label included)."""
+        return self.classes.num_classes if self.classes else None
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        return self.classes.names if self.classes else None
+
+    @property
+    def null_label(self) -> int | None:
+        """The label of the unconditional model (None: the model has none, or is unconditional)."""
+        return self.classes.null_label if self.classes else None
+
+    def resolve_label(self, label: int | str) -> int:
+        """The index of a label given as an index or a class name."""
+        if self.classes is None:
+            raise SDEditError(f"label {label!r} given, but this model is not class-conditional")
+        return self.classes.resolve(label)
+
+    def bind(self, batch: int, *, labels: torch.Tensor | Sequence[Label] | None = None,
+             guidance_scale: float | torch.Tensor | Sequence[float] = 1.0) -> Denoiser:
+        """The model the samplers see for one batch: this one, or a ConditionedModel with the labels bound.
+
+        labels: [B] indices, names or None (unlabelled: the null label); None for all unlabelled.
+        guidance_scale: w, one for the batch or one per item (see sdedit_kernel.guidance).
+        """
+        scales = guidance_scales(guidance_scale, batch)
+        if self.classes is None:
+            if labels is not None:
+                raise SDEditError("labels were given, but this model is not class-conditional")
+            if bool((scales != 1).any()):
+                raise SDEditError("guidance_scale != 1 needs a class-conditional model; this one is unconditional")
+            return self
+        return ConditionedModel(self, self.classes.condition(labels, scales, self.device))
+
     # -- the contract -------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0_hat, eps_hat) for x = a(t) x0 + s(t) eps, t > 0; both float32 like x."""
-        a, s = self.sde.marginal(t)
+    def predict(self, x: torch.Tensor, t: float, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) for x = a(t) x0 + s(t) eps, t > 0; both float32 like x.
+
+        inputs: the network's condition (e.g. class_labels [B]); `bind` supplies them."""
+        return self.x0_eps(self.network_output(x, t, **inputs), x, t)
+
+    @torch.no_grad()
+    def network_output(self, x: torch.Tensor, t: float, **inputs: torch.Tensor) -> torch.Tensor:
+        """The network's raw prediction at (x, t), float32, in whatever form it predicts."""
+        _, s = self.sde.marginal(t)
         if s <= 0:
             raise SDEditError(f"the model cannot be evaluated at t={t}: there is no noise there")
+        if self.classes is not None and not inputs:
+            raise SDEditError("this model is class-conditional: bind labels first (sdedit(..., labels=...) "
+                              "or model.bind(batch, labels=...))")
         tt = torch.full((x.shape[0],), self.sde.model_time(t), device=x.device, dtype=torch.float32)
-        out = self._call_net(x, tt)
+        out = self._call_net(x, tt, inputs)
         if out.shape != x.shape:
             raise SDEditError(f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}")
+        return out
+
+    def x0_eps(self, out: torch.Tensor, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) from the network's output at (x, t), whatever it predicts."""
+        a, s = self.sde.marginal(t)
         if self.prediction == "epsilon":
             eps = out
             x0 = (x - s * eps) / a
@@ -90,7 +160,7 @@ class ScoreModel:
             x0 = (x + s * s * out) / a
         return x0, eps
 
-    def _call_net(self, x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+    def _call_net(self, x: torch.Tensor, tt: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The network's output at (x, tt) as float32; only the network runs in reduced precision."""
         xin = x.to(self.dtype)
         if self.channels_last:
@@ -98,12 +168,28 @@ class ScoreModel:
         with torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
             if self.cudagraphs:  # each call is a new step: the graph may reuse the last output's memory
                 torch.compiler.cudagraph_mark_step_begin()
-            out = self.net(xin, tt)
+            out = self.net(xin, tt, **inputs)
         out = out.sample if hasattr(out, "sample") else out
         if self.cudagraphs:
             out = out.clone()  # never hand out memory that the next replay overwrites
         return out.float().contiguous()
 
     def __repr__(self) -> str:
+        classes = f", classes={self.classes!r}" if self.classes is not None else ""
         return (f"ScoreModel({type(self.net).__name__}, {self.sde!r}, prediction={self.prediction!r}, "
-                f"data_range={self.data_range}, source={self.source!r})")
+                f"data_range={self.data_range}, source={self.source!r}{classes})")
+
+
+def _check_classes(classes: ClassLabels | None, cfg: Any) -> ClassLabels | None:
+    """The given labels, checked against the network's config, or the config's own."""
+    fields = {k: getattr(cfg, k, None) for k in ("class_embed_type", "num_class_embeds")}
+    if classes is None:
+        return classes_from_config(fields)
+    if not isinstance(classes, ClassLabels):
+        raise SDEditError(f"classes must be a ClassLabels, got {type(classes).__name__}")
+    if hasattr(cfg, "num_class_embeds") and fields["class_embed_type"] is None and fields["num_class_embeds"] is None:
+        raise SDEditError("classes given, but the network is not class-conditional (no num_class_embeds)")
+    table = fields["num_class_embeds"] if fields["class_embed_type"] is None else None
+    if table is not None and classes.num_classes != table:
+        raise SDEditError(f"classes has {classes.num_classes} labels, the network's num_class_embeds is {table}")
+    return classes

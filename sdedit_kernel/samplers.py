@@ -1,6 +1,7 @@
 """Reverse-time samplers from t0 to 0: small functions of one signature, selected by name.
 
-Each sampler is `fn(model, x, grid, noise, after_step, **options) -> x0` where `grid` is the
+Each sampler is `fn(model, x, grid, noise, after_step, **options) -> x0` where `model` is any
+Denoiser (a ScoreModel, or one bound to a condition: the sampler cannot tell), `grid` is the
 decreasing list of times [t0, ..., 0], `noise` draws standard normals per item, and
 `after_step(x, t)` is applied to the state once it has reached time t (the kept-region blend of a
 masked edit lives there). The last step always lands on t = 0, the clean data, without noise.
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import SDEditError
-from .model import ScoreModel
+from .model import Denoiser
 from .noise import Noise
 
 AfterStep = Callable[[torch.Tensor, float], torch.Tensor]
@@ -35,7 +36,7 @@ def _posterior_step(model, x, t, s, eps, noise, stochastic: float = 1.0) -> torc
     return mean + stochastic * math.sqrt(var) * noise.like(x)
 
 
-def ancestral(model: ScoreModel, x, grid, noise: Noise, after_step: AfterStep) -> torch.Tensor:
+def ancestral(model: Denoiser, x, grid, noise: Noise, after_step: AfterStep) -> torch.Tensor:
     """The official SDEdit/DDPM step: posterior mean from eps, fixed-small variance, no clipping of x0."""
     for t, s in zip(grid[:-1], grid[1:]):
         _, eps = model.predict(x, t)
@@ -43,7 +44,7 @@ def ancestral(model: ScoreModel, x, grid, noise: Noise, after_step: AfterStep) -
     return x
 
 
-def euler_maruyama(model: ScoreModel, x, grid, noise: Noise, after_step: AfterStep) -> torch.Tensor:
+def euler_maruyama(model: Denoiser, x, grid, noise: Noise, after_step: AfterStep) -> torch.Tensor:
     """Euler-Maruyama on the reverse SDE dx = [f x - g^2 score] dt + g dw; the last step denoises."""
     for t, s in zip(grid[:-1], grid[1:]):
         x0, eps = model.predict(x, t)
@@ -59,7 +60,7 @@ def euler_maruyama(model: ScoreModel, x, grid, noise: Noise, after_step: AfterSt
     return x
 
 
-def ddim(model: ScoreModel, x, grid, noise: Noise, after_step: AfterStep, eta: float = 0.0) -> torch.Tensor:
+def ddim(model: Denoiser, x, grid, noise: Noise, after_step: AfterStep, eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021): eta = 0 follows the probability-flow map, eta = 1 is DDPM-like."""
     for t, s in zip(grid[:-1], grid[1:]):
         x0, eps = model.predict(x, t)
@@ -98,19 +99,19 @@ def _dpmpp_2m(model, x, grid, noise, after_step, eta: float) -> torch.Tensor:
     return x
 
 
-def dpmpp_2m(model: ScoreModel, x, grid, noise: Noise, after_step: AfterStep) -> torch.Tensor:
+def dpmpp_2m(model: Denoiser, x, grid, noise: Noise, after_step: AfterStep) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022), deterministic multistep, second order."""
     return _dpmpp_2m(model, x, grid, noise, after_step, eta=0.0)
 
 
-def dpmpp_2m_sde(model: ScoreModel, x, grid, noise: Noise, after_step: AfterStep, eta: float = 1.0) -> torch.Tensor:
+def dpmpp_2m_sde(model: Denoiser, x, grid, noise: Noise, after_step: AfterStep, eta: float = 1.0) -> torch.Tensor:
     """SDE-DPM-Solver++(2M), midpoint form: the stochastic solver, better from edited starts."""
     if eta <= 0:
         raise SDEditError("dpmpp_2m_sde needs eta > 0 (eta = 0 is dpmpp_2m)")
     return _dpmpp_2m(model, x, grid, noise, after_step, eta=eta)
 
 
-def pc(model: ScoreModel, x, grid, noise: Noise, after_step: AfterStep, snr: float = 0.075,
+def pc(model: Denoiser, x, grid, noise: Noise, after_step: AfterStep, snr: float = 0.075,
        corrector_steps: int = 1) -> torch.Tensor:
     """Predictor-corrector (Song et al. 2021): Langevin corrector at t, reverse-diffusion predictor to s.
 

@@ -52,3 +52,31 @@ def posterior_law(y: float, sigma2: float, mu: float, var: float) -> tuple[float
 def flow_map(y: float | torch.Tensor, z: torch.Tensor, sigma2: float, mu: float, var: float) -> torch.Tensor:
     """The probability-flow ODE's map from y + sigma z at t0 to t = 0, for Gaussian data."""
     return mu + math.sqrt(var / (var + sigma2)) * (y + math.sqrt(sigma2) * z - mu)
+
+
+class ClassGaussianEpsNet:
+    """Exact E[eps | x_t, c] when class c's data is N(means[c], VAR) per pixel; the last index is the null label.
+
+    Giving the null label Gaussian data of the same variance makes guidance closed-form: the guided eps
+    eps_u + w (eps_c - eps_u) is then exactly the eps of N(mu_u + w (mu_c - mu_u), VAR).
+    Records the batch size and labels of every call.
+    """
+
+    def __init__(self, means: list[float], var: float = VAR, n: int = 1000) -> None:
+        self.means = torch.tensor(means, dtype=torch.float64)
+        self.exact = ExactEpsNet(0.0, var, n)
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        assert class_labels is not None and class_labels.shape == (x.shape[0],)
+        self.calls.append(class_labels.clone())
+        mu = self.means[class_labels].view(-1, 1, 1, 1)
+        i = round(float(t[0]))
+        ab = float(self.exact.alpha_bar[i])
+        a, s = math.sqrt(ab), math.sqrt(1 - ab)
+        return (s * (x.double() - a * mu) / (a * a * self.exact.var + s * s)).float()
+
+
+def guided_mean(mu_c: float, mu_u: float, w: float) -> float:
+    """The data mean whose exact eps is the guided eps_u + w (eps_c - eps_u), for equal variances."""
+    return mu_u + w * (mu_c - mu_u)
