@@ -23,10 +23,9 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, describe, machine, write_block  # noqa: E402
@@ -53,47 +52,32 @@ def make_items(folder: Path, n: int) -> Path:
 
 
 def bare_loop(spec: Any, manifest: Path, device: str) -> float:
-    """Seconds for the bare loop: pre-decoded guides, ``sdedit`` on each batch of the same size."""
+    """Seconds for the bare loop: pre-decoded guides, the job's own editor on each batch of the same size.
+
+    The editor (pipeline.editing.Editor) is what every model actor runs: it groups a batch by t0 and
+    mask exactly as the job does. The loop leaves out everything else: Ray, decoding, writing.
+    """
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import torch
 
-    from pipeline.builtin import resolve_model_uri
-    from pipeline.decode import DecodeSettings, decode_batch
+    from pipeline.decode import decode_batch
+    from pipeline.editing import Editor
     from pipeline.manifest import normalize_batch
-    from sdedit_kernel import load_score_model, sdedit
+    from pipeline.run import decode_settings, edit_settings, preflight
 
-    torch.set_num_threads(spec.resources.threads)
-    model = load_score_model(resolve_model_uri(spec.model.uri), device=device)
-    size = model.sample_size if isinstance(model.sample_size, int) else model.sample_size[0]
+    plan = preflight(spec)
+    editor = Editor(edit_settings(spec, plan, device=device))
     strings = {"id": pa.string(), "guide": pa.string(), "mask": pa.string()}
     raw = pacsv.read_csv(manifest, convert_options=pacsv.ConvertOptions(
         column_types=strings, strings_can_be_null=True))
     raw = raw.append_column("path", pa.array([str(manifest)] * raw.num_rows))
-    work = decode_batch(normalize_batch(raw), DecodeSettings(
-        channels=model.channels, height=size, width=size, policy="resize", t0=spec.sampling.t0,
-        seed=spec.sampling.seed, samples=1)).to_pylist()
-    shape = (size, size, model.channels)
+    settings = decode_settings(spec, plan)
+    work = decode_batch(normalize_batch(raw), replace(settings, out_uri=None)).to_pylist()
     start = time.perf_counter()
     bs = spec.resources.batch_size
     for lo in range(0, len(work), bs):
-        batch = work[lo : lo + bs]
-        pixels = np.stack([np.frombuffer(r["pixels"], np.uint8).reshape(shape) for r in batch])
-        guide = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255.0)
-        gens = [torch.Generator().manual_seed(r["seed"]) for r in batch]
-        masks = [r["edit_mask"] for r in batch]
-        # The pipeline calls the kernel per group of masked / unmasked rows; so does the loop.
-        for has_mask in (False, True):
-            idx = [i for i, m in enumerate(masks) if (m is not None) == has_mask]
-            if not idx:
-                continue
-            edit_mask = None
-            if has_mask:
-                bits = np.stack([np.frombuffer(masks[i], np.uint8).reshape(1, size, size) for i in idx])
-                edit_mask = torch.from_numpy(bits).float()
-            sdedit(model, guide[idx].to(model.device), t0=spec.sampling.t0, steps=spec.sampling.steps,
-                   sampler=spec.sampling.sampler, edit_mask=edit_mask, passes=spec.sampling.passes,
-                   generator=[gens[i] for i in idx])
+        editor.edit_rows(work[lo : lo + bs])
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -170,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "input": {"manifest": str(make_items(folder, items))},
             "output": {"uri": str(folder / "out"), "sheet_items": 0},
             "model": {"uri": args.model, "device": args.device},
-            "sampling": {"t0": args.t0, "steps": args.steps, "samples_per_item": 1, "seed": 0},
+            "sampling": {"t0": args.t0, "steps": args.steps, "samples": 1, "seed": 0},
             "resources": {"actors": 1, "batch_size": args.batch_size, "num_cpus": args.threads, "num_gpus": gpus},
         })
 

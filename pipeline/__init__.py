@@ -1,7 +1,8 @@
 """sdedit-pipeline: SDEdit as a distributed Ray Data batch job.
 
-Stages, one a module: ``spec`` (the job), ``manifest`` (read items), ``decode`` (guides and masks),
-``compose`` (guides and masks built from composites and stroke edits), ``actor`` (the model),
+Stages, one a module: ``spec`` (the job), ``rows`` (every stage's columns), ``manifest`` (read items),
+``decode`` (guides and masks), ``images`` (image files <-> pixels), ``compose`` (guides and masks built
+from composites and stroke edits), ``editing`` (the Ray-free editor), ``actor`` (the model stage),
 ``write`` (images and index rows), ``run`` (the wiring), ``cli`` (``sdedit``).
 The algorithm itself lives in ``sdedit_kernel``; imports only flow pipeline -> kernel.
 """

@@ -12,7 +12,6 @@ from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 MODELS_DIR = ASSETS_DIR / "models"
-SAMPLES_DIR = ASSETS_DIR / "samples"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

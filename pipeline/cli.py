@@ -111,7 +111,7 @@ def _validate(job: str, overrides: list[str]) -> int:
     s = spec.sampling
     print(f"{job}: ok: model {plan.label} ({plan.sde}, {plan.channels} channel(s), "
           f"{plan.height}x{plan.width}); {s.sampler}, t0={s.t0}, {plan.steps} steps x {s.passes} pass(es), "
-          f"{s.samples_per_item} sample(s)/item; output {spec.output.uri}")
+          f"{s.samples} sample(s)/item; output {spec.output.uri}")
     return EXIT_OK
 
 

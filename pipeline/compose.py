@@ -10,7 +10,8 @@ Two editing workflows give their guide indirectly (see docs/workflows.md):
 Where a region lies is decided at the source images' resolution (exact, before any resampling);
 the region is then fitted to the working size conservatively (a working pixel is edited if any
 source pixel under it is, so a thin stroke never vanishes in a downscale) and grown by the margin
-in working pixels, the pixels the sampler sees. No I/O here: decode.py loads and records.
+in working pixels, the pixels the sampler sees. Reading goes through pipeline.images; decode.py
+calls :func:`build_inputs` and :func:`record_inputs`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.decode import MODES, DecodeSettings, fit_image, guide_pixels, load_image, mask_bits, to_standard_mode
+from pipeline.errors import ItemError
+from pipeline.images import (
+    MODES,
+    WorkingSize,
+    encode_image,
+    fit_image,
+    guide_pixels,
+    load_image,
+    mask_bits,
+    to_standard_mode,
+)
 from pipeline.naming import input_relpath
+from pipeline.spec import InputSpec
 from pipeline.storage import join_uri, url_to_fs, write_atomic
-from pipeline.write import encode_image
-
-WORKFLOWS = ("composite", "stroke_edit")  # rows whose guide is built here; "guide" rows give their own
 
 
 def grow(bits: np.ndarray, margin: int) -> np.ndarray:
@@ -42,14 +51,14 @@ def grow(bits: np.ndarray, margin: int) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def fit_region(region: np.ndarray, height: int, width: int, policy: str) -> np.ndarray:
+def fit_region(region: np.ndarray, height: int, width: int, fit: str) -> np.ndarray:
     """A bool region at source resolution -> 0/1 bits at the working size, fitted as the guide was.
 
     Box filtering then "any coverage" keeps every source pixel's region: nearest-neighbour (used
     for users' masks) could drop a one-pixel stroke when the image is scaled down.
     """
     img = Image.fromarray(region.astype(np.uint8) * 255)
-    fitted = fit_image(img, height, width, policy, Image.Resampling.BOX)
+    fitted = fit_image(img, height, width, fit, Image.Resampling.BOX)
     return (np.asarray(fitted, dtype=np.uint8) > 0).astype(np.uint8)
 
 
@@ -77,7 +86,7 @@ def _split_alpha(overlay: Image.Image, mode: str, notes: list[str]) -> tuple[Ima
     return to_standard_mode(overlay, "overlay", notes).convert(mode), None
 
 
-def composite(base: Image.Image, overlay: Image.Image, overlay_mask: Image.Image | None, *,
+def paste_overlay(base: Image.Image, overlay: Image.Image, overlay_mask: Image.Image | None, *,
               x: float | None, y: float | None, scale: float | None, mode: str, max_pixels: int,
               notes: list[str]) -> tuple[Image.Image, np.ndarray]:
     """Paste ``overlay`` on ``base``; returns the composite (base size, ``mode``) and the pasted region.
@@ -86,7 +95,7 @@ def composite(base: Image.Image, overlay: Image.Image, overlay_mask: Image.Image
     (white = paste), else the overlay's alpha, else all of it. The composite is
     ``base * (1 - c) + overlay * c``, so base pixels outside the region are kept exactly. The part
     of the overlay outside the base is clipped (and noted); an overlay entirely outside, or with
-    nothing to paste, raises ``ValueError("bad composite: ...")``.
+    nothing to paste, raises ``ItemError("bad composite", ...)``.
     """
     base_img = to_standard_mode(base, "base", notes).convert(mode)
     colour, alpha = _split_alpha(overlay, mode, notes)
@@ -105,7 +114,7 @@ def composite(base: Image.Image, overlay: Image.Image, overlay_mask: Image.Image
     factor = 1.0 if scale is None else float(scale)
     sw, sh = max(1, round(colour.width * factor)), max(1, round(colour.height * factor))
     if sw * sh > max_pixels:
-        raise ValueError(f"bad composite: the overlay scaled by {factor:g} is {sw}x{sh} = {sw * sh} "
+        raise ItemError("bad composite", f"the overlay scaled by {factor:g} is {sw}x{sh} = {sw * sh} "
                          f"pixels, over input.max_pixels={max_pixels}")
     if (sw, sh) != colour.size:
         colour = colour.resize((sw, sh), Image.Resampling.BICUBIC)
@@ -114,14 +123,14 @@ def composite(base: Image.Image, overlay: Image.Image, overlay_mask: Image.Image
     left, top = place(x, bw, sw), place(y, bh, sh)
     x0, y0, x1, y1 = max(0, left), max(0, top), min(bw, left + sw), min(bh, top + sh)
     if x0 >= x1 or y0 >= y1:
-        raise ValueError(f"bad composite: the {sw}x{sh} overlay at ({left},{top}) lies outside the "
+        raise ItemError("bad composite", f"the {sw}x{sh} overlay at ({left},{top}) lies outside the "
                          f"{bw}x{bh} base")
     channels = len(mode)
     out = np.asarray(base_img, dtype=np.float64).reshape(bh, bw, channels).copy()
     ov = np.asarray(colour, dtype=np.float64).reshape(sh, sw, channels)[y0 - top:y1 - top, x0 - left:x1 - left]
     cover = np.asarray(cover_img, dtype=np.float64)[y0 - top:y1 - top, x0 - left:x1 - left, None] / 255.0
     if not cover.any():
-        raise ValueError(f"bad composite: the overlay pastes no pixel (its {source} is empty where it "
+        raise ItemError("bad composite", f"the overlay pastes no pixel (its {source} is empty where it "
                          "meets the base)")
     out[y0:y1, x0:x1] = out[y0:y1, x0:x1] * (1.0 - cover) + ov * cover
     region = np.zeros((bh, bw), bool)
@@ -139,51 +148,52 @@ def difference(original: Image.Image, edited: Image.Image, *, mode: str, thresho
 
     A pixel differs when any channel's absolute difference (0..255, in the model's mode: what the
     sampler sees) is above ``threshold``. Images of different sizes raise
-    ``ValueError("bad stroke edit: ...")``: the row is not what it claims to be.
+    ``ItemError("bad stroke edit", ...)``: the row is not what it claims to be.
     """
     before = to_standard_mode(original, "original", notes).convert(mode)
     after = to_standard_mode(edited, "edited", notes).convert(mode)
     if before.size != after.size:
-        raise ValueError(f"bad stroke edit: original is {before.width}x{before.height} but edited is "
+        raise ItemError("bad stroke edit", f"original is {before.width}x{before.height} but edited is "
                          f"{after.width}x{after.height}; they must be the same size")
     delta = np.abs(np.asarray(after, np.int16) - np.asarray(before, np.int16))
     return after, delta.reshape(after.height, after.width, -1).max(axis=2) > threshold
 
 
-def build_inputs(row: Mapping[str, Any], settings: DecodeSettings,
+def build_inputs(row: Mapping[str, Any], spec: InputSpec, working: WorkingSize, options: Mapping[str, Any],
                  notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """Guide pixels uint8 [H, W, C] and edit mask bits [H, W] (None: edit everything) of a row.
 
-    A row's own ``mask`` always wins over the derived one (the sources are still read and checked).
-    Raises ``ValueError("<reason>: ...")`` (the row becomes an error row) on any failure.
+    ``spec``: the job's input section (limits, margins, threshold, composite_mask); ``options``: the
+    storage options to read the row's images with. A row's own ``mask`` always wins over the derived
+    one (the sources are still read and checked). Raises :class:`ItemError` on any failure.
     """
-    opts, limit, mode = settings.storage_options, settings.max_pixels, MODES[settings.channels]
+    limit, mode = spec.max_pixels, MODES[working.channels]
     if row["workflow"] == "composite":
-        cover = load_image(row["overlay_mask"], opts, "overlay mask", limit) if row["overlay_mask"] else None
-        guide, region = composite(
-            load_image(row["base"], opts, "base", limit), load_image(row["overlay"], opts, "overlay", limit),
+        cover = load_image(row["overlay_mask"], options, "overlay mask", limit) if row["overlay_mask"] else None
+        guide, region = paste_overlay(
+            load_image(row["base"], options, "base", limit), load_image(row["overlay"], options, "overlay", limit),
             cover, x=row["x"], y=row["y"], scale=row["scale"], mode=mode, max_pixels=limit, notes=notes,
         )
-        margin, rule = _own(row, "margin", settings.composite_margin), f"overlay region ({int(region.sum())} px)"
+        margin, rule = _own(row, "margin", spec.composite_margin), f"overlay region ({int(region.sum())} px)"
     else:
-        threshold = _own(row, "threshold", settings.edit_threshold)
-        guide, region = difference(load_image(row["original"], opts, "original", limit),
-                                   load_image(row["edited"], opts, "edited", limit),
+        threshold = _own(row, "threshold", spec.edit_threshold)
+        guide, region = difference(load_image(row["original"], options, "original", limit),
+                                   load_image(row["edited"], options, "edited", limit),
                                    mode=mode, threshold=threshold, notes=notes)
-        margin = _own(row, "margin", settings.edit_margin)
+        margin = _own(row, "margin", spec.edit_margin)
         rule = f"{int(region.sum())} px differ by more than {threshold}"
         if not region.any() and not row["mask"]:
-            raise ValueError("bad stroke edit: no difference between original and edited (no pixel differs "
-                             f"by more than {threshold}, the row's threshold or input.edit_threshold)")
-    pixels = guide_pixels(guide, settings, notes)
+            raise ItemError("bad stroke edit", "no difference between original and edited (no pixel differs "
+                            f"by more than {threshold}, the row's threshold or input.edit_threshold)")
+    pixels = guide_pixels(guide, working, notes)
     if row["mask"]:
         notes.append("edit mask: the row's mask (it wins over the derived one)")
-        return pixels, mask_bits(load_image(row["mask"], opts, "mask", limit), guide.size, settings, notes)
-    if row["workflow"] == "composite" and settings.composite_mask == "whole":
+        return pixels, mask_bits(load_image(row["mask"], options, "mask", limit), guide.size, working, notes)
+    if row["workflow"] == "composite" and spec.composite_mask == "whole":
         notes.append("edit mask: whole image (input.composite_mask=whole)")
         return pixels, None
     notes.append(f"edit mask: {rule}, grown {margin} px")
-    return pixels, grow(fit_region(region, settings.height, settings.width, settings.policy), margin)
+    return pixels, grow(fit_region(region, working.height, working.width, working.fit), margin)
 
 
 def _own(row: Mapping[str, Any], name: str, default: int) -> int:
@@ -192,16 +202,14 @@ def _own(row: Mapping[str, Any], name: str, default: int) -> int:
     return default if value is None else int(value)
 
 
-def record_inputs(item_id: str, pixels: np.ndarray, bits: np.ndarray | None,
-                  settings: DecodeSettings) -> tuple[str | None, str | None]:
+def record_inputs(item_id: str, pixels: np.ndarray, bits: np.ndarray | None, out_uri: str,
+                  out_options: Mapping[str, Any]) -> tuple[str, str | None]:
     """Publish a built guide and mask as PNG under ``OUT/inputs/``; their paths relative to OUT.
 
     Written once per item (decode sees an item once, whatever its number of samples), atomically,
-    with the exact pixels the sampler gets; nothing is written when ``settings.out_uri`` is None.
+    with the exact pixels the sampler gets.
     """
-    if settings.out_uri is None:
-        return None, None
-    fs, root = url_to_fs(settings.out_uri, settings.out_options)
+    fs, root = url_to_fs(out_uri, out_options)
     guide_rel = input_relpath(item_id, "guide")
     write_atomic(fs, join_uri(root, guide_rel), encode_image(pixels, "png", 100))
     if bits is None:

@@ -14,45 +14,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.rows import TYPES, names
 from pipeline.storage import arrow_filesystem, join_uri, url_to_fs
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-# The contract columns, in order, then extras.
-_COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("id", pa.string()),
-    ("sample", pa.int32()),
-    ("image", pa.string()),  # path relative to OUT; IMAGE_STRUCT when output.embed_images
-    ("guide", pa.string()),
-    ("mask", pa.string()),
-    ("t0", pa.float64()),
-    ("sampler", pa.string()),
-    ("steps", pa.int32()),
-    ("passes", pa.int32()),
-    ("seed", pa.int64()),
-    ("model", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("faithfulness_l2", pa.float64()),
-    ("duration_ms", pa.float64()),
-    ("base_seed", pa.int64()),
-    ("model_calls", pa.int64()),
-    ("notes", pa.string()),  # conversions applied to the inputs (mode, alpha, grey mask...); null: none
-]
-# Where a row's guide and mask came from (docs/workflows.md): how the row gave them (workflow: guide,
-# composite or stroke_edit), the source URIs, and the guide and mask the pipeline built from them,
-# recorded under OUT/inputs/ (paths relative to OUT, like image). Strings, null where not used.
-INPUT_COLUMNS = ("workflow", "base", "overlay", "overlay_mask", "original", "edited", "built_guide", "built_mask")
-_COLUMNS += [(name, pa.string()) for name in INPUT_COLUMNS]
-INDEX_COLUMNS: list[str] = [name for name, _ in _COLUMNS]
+INDEX_COLUMNS = names("index")  # the contract columns, in order (pipeline.rows)
 INDEX_DIR = "index"
 
 
 def index_schema(embed_images: bool = False) -> pa.Schema:
     """The index schema; with embedded images it carries the ``huggingface`` features metadata."""
-    fields = [(name, IMAGE_STRUCT if name == "image" and embed_images else dtype) for name, dtype in _COLUMNS]
+    fields = [(name, IMAGE_STRUCT if name == "image" and embed_images else TYPES[name]) for name in INDEX_COLUMNS]
     schema = pa.schema(fields)
     if not embed_images:
         return schema
@@ -61,9 +33,9 @@ def index_schema(embed_images: bool = False) -> pa.Schema:
 
 def _hf_features(schema: pa.Schema) -> dict[str, Any]:
     """Hugging Face ``datasets`` features for every column: ``image`` decodes to a PIL image."""
-    names = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
+    dtypes = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
     return {
-        f.name: {"_type": "Image"} if f.name == "image" else {"dtype": names[f.type], "_type": "Value"}
+        f.name: {"_type": "Image"} if f.name == "image" else {"dtype": dtypes[f.type], "_type": "Value"}
         for f in schema
     }
 
@@ -86,15 +58,21 @@ def read_index(out_uri: str, options: Mapping[str, Any] | None = None,
     # An index written by an older version lacks the newer columns: they come back as nulls.
     present = [c for c in columns if c in dataset.schema.names]
     table = dataset.read(columns=present)
-    types = dict(_COLUMNS)
     for name in columns:
         if name not in present:
-            table = table.append_column(name, pa.nulls(table.num_rows, types.get(name, pa.string())))
+            table = table.append_column(name, pa.nulls(table.num_rows, TYPES.get(name, pa.string())))
     return table.select(columns)
 
 
 def conform(table: pa.Table, embed_images: bool = False) -> pa.Table:
-    """``table`` in the current index schema; columns an older index lacks are added as nulls."""
+    """``table`` in the current index schema; columns an older index lacks are added as nulls.
+
+    An index written before ``generator_seed`` existed called the generator's seed ``seed`` and the
+    item's seed ``base_seed``: those are renamed to today's meaning.
+    """
+    if "base_seed" in table.column_names and "generator_seed" not in table.column_names:
+        renamed = {"seed": "generator_seed", "base_seed": "seed"}
+        table = table.rename_columns([renamed.get(n, n) for n in table.column_names])
     schema = index_schema(embed_images)
     columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
                for f in schema]

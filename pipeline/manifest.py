@@ -4,8 +4,8 @@ Every manifest is read through Ray Data on an fsspec file system, then normalise
 (:data:`MANIFEST_SCHEMA`): ids become strings, guide and mask URIs (and the base, overlay, original
 and edited of composite and stroke-edit rows) are resolved against the manifest file's own folder,
 each row's way of giving its guide is recorded in ``workflow``, and per-item overrides are parsed.
-A malformed override or a row that mixes ways does not stop the job: it is carried in ``problem``
-and becomes an error row later. Only what makes the whole job
+A malformed override or a row that mixes ways does not stop the job: it is carried in ``error`` /
+``error_kind`` and becomes an error row later. Only what makes the whole job
 ambiguous (a missing column, missing or duplicate ids) stops it before any work starts.
 """
 
@@ -20,36 +20,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from pipeline.errors import ItemError
+from pipeline.rows import MANIFEST_SCHEMA, READ_COLUMNS, URI_COLUMNS
+from pipeline.spec import OVERRIDES
 from pipeline.storage import absolute_uri, arrow_filesystem, is_local, resolve_relative, url_to_fs
 
-MANIFEST_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("guide", pa.string()),
-    ("mask", pa.string()),
-    ("t0", pa.float64()),
-    ("seed", pa.int64()),
-    ("samples", pa.int64()),
-    # composite rows: base + overlay (+ overlay_mask), placed at x, y, scaled; stroke edits: original + edited
-    ("base", pa.string()),
-    ("overlay", pa.string()),
-    ("overlay_mask", pa.string()),
-    ("x", pa.float64()),
-    ("y", pa.float64()),
-    ("scale", pa.float64()),
-    ("original", pa.string()),
-    ("edited", pa.string()),
-    ("margin", pa.int64()),  # per-row input.composite_margin / input.edit_margin
-    ("threshold", pa.int64()),  # per-row input.edit_threshold (stroke edits)
-    ("workflow", pa.string()),  # guide, composite or stroke_edit: which of the three the row uses
-    ("problem", pa.string()),  # last: the columns before it are the ones read from a manifest
-])
 # A row gives its guide in exactly one of these ways (docs/workflows.md); the manifest needs an id
 # and the columns of at least one of them.
 WORKFLOW_COLUMNS = {"guide": ("guide",), "composite": ("base", "overlay"), "stroke_edit": ("original", "edited")}
-_URI_COLUMNS = ("guide", "mask", "base", "overlay", "overlay_mask", "original", "edited")
 _OPTIONAL = {"composite": ("overlay_mask", "x", "y", "scale"), "stroke_edit": ()}
-MAX_SAMPLES = 10_000
-MAX_SCALE = 64.0
+_NOT_A_WAY = ("id", "t0", "seed", "samples", "mask", "margin", "threshold")  # columns any way may carry
 _FORMATS = {
     "parquet": (".parquet", ".pq"),
     "csv": (".csv", ".csv.gz", ".tsv"),
@@ -124,7 +104,7 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
     }
     if fmt == "parquet":
         raw = ray.data.read_parquet(path, **common)
-        wanted = [*MANIFEST_SCHEMA.names[:-2], "path"]  # read only what is used (manifests may be wide)
+        wanted = [*READ_COLUMNS, "path"]  # read only what is used (manifests may be wide)
         keep = [c for c in raw.schema().names if c in wanted]
         raw = raw.select_columns(keep) if keep else raw
     elif fmt == "csv":
@@ -133,7 +113,7 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
         # Only an empty cell is "no value": pyarrow's default null words ("NA", "null", "nan"...) would
         # turn an id "NA" into a missing id and an explicit "nan" t0 into no override.
         convert = pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in ("id", *_URI_COLUMNS)}, strings_can_be_null=True,
+            column_types={c: pa.string() for c in ("id", *URI_COLUMNS)}, strings_can_be_null=True,
             null_values=[""],
         )
         parse = pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
@@ -164,73 +144,67 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
     own file, from the ``path`` column Ray adds when reading a folder (``fs`` restores its scheme).
     """
     paths = [base] * batch.num_rows if base is not None else batch.column("path").to_pylist()
-    names = MANIFEST_SCHEMA.names[:-2]
     if json_lines:
         records = [_json_record(line) for line in batch.column("text").to_pylist()]
-        columns = {name: [r.get(name) for r in records] for name in names}
+        columns = {name: [r.get(name) for r in records] for name in READ_COLUMNS}
     else:
         columns = {name: batch.column(name).to_pylist() if name in batch.column_names else [None] * len(paths)
-                   for name in names}
+                   for name in READ_COLUMNS}
     out: dict[str, list[Any]] = {name: [] for name in MANIFEST_SCHEMA.names}
     for i, file_path in enumerate(paths):
         row_base = file_path if base is not None or fs is None else fs.unstrip_protocol(file_path)
-        problems: list[str] = []
+        problems: list[ItemError] = []
         out["id"].append(_id_text(columns["id"][i]))
-        for name in _URI_COLUMNS:
+        for name in URI_COLUMNS:
             uri = _text(columns[name][i])
             out[name].append(resolve_relative(row_base, uri) if uri else None)
-        given = {name for name in names if name not in ("id", "t0", "seed", "samples", "mask", "margin", "threshold")
-                 and not _missing(columns[name][i])}
+        given = {name for name in READ_COLUMNS if name not in _NOT_A_WAY and not _missing(columns[name][i])}
         workflow = _workflow(given, problems)
         out["workflow"].append(workflow)
-        out["margin"].append(_number("margin", columns["margin"][i], int, problems, lambda v: 0 <= v <= 1024,
-                                     "between 0 and 1024"))
-        out["threshold"].append(_number("threshold", columns["threshold"][i], int, problems,
-                                        lambda v: 0 <= v <= 254, "between 0 and 254"))
+        for name in ("margin", "threshold"):
+            out[name].append(_override(name, columns[name][i], problems))
         if out["margin"][-1] is not None and workflow == "guide":
-            problems.append("bad override: margin applies to composite and stroke-edit rows only")
+            problems.append(ItemError("bad override", "margin applies to composite and stroke-edit rows only"))
         if out["threshold"][-1] is not None and workflow != "stroke_edit":
-            problems.append("bad override: threshold applies to stroke-edit rows (original + edited) only")
-        out["x"].append(_position("x", columns["x"][i], problems))
-        out["y"].append(_position("y", columns["y"][i], problems))
-        out["scale"].append(_number("scale", columns["scale"][i], float, problems,
-                                    lambda v: 0 < v <= MAX_SCALE, f"in (0, {MAX_SCALE:g}]"))
-        out["t0"].append(
-            _number("t0", columns["t0"][i], float, problems, lambda v: 0 < v <= 1, "in (0, 1]")
-        )
-        out["seed"].append(
-            _number("seed", columns["seed"][i], int, problems, lambda v: 0 <= v < 2**63, "in [0, 2**63)")
-        )
-        out["samples"].append(
-            _number("samples", columns["samples"][i], int, problems, lambda v: 1 <= v <= MAX_SAMPLES,
-                    f"between 1 and {MAX_SAMPLES}")
-        )
-        out["problem"].append("; ".join(problems) or None)
+            problems.append(ItemError("bad override",
+                                      "threshold applies to stroke-edit rows (original + edited) only"))
+        for name in ("x", "y", "scale", "t0", "seed", "samples"):
+            out[name].append(_override(name, columns[name][i], problems))
+        out["error"].append("; ".join(p.message for p in problems) or None)
+        out["error_kind"].append(problems[0].kind if problems else None)
     return pa.Table.from_pydict(out, schema=MANIFEST_SCHEMA)
 
 
-def _workflow(given: set[str], problems: list[str]) -> str:
+def _workflow(given: set[str], problems: list[ItemError]) -> str:
     """Which way the row gives its guide; a row that mixes ways or lacks a part gets a problem."""
     used = [kind for kind, needed in WORKFLOW_COLUMNS.items() if given & {*needed, *_OPTIONAL.get(kind, ())}]
     if not used:
-        problems.append("missing guide: the row gives no guide (nor base + overlay, nor original + edited)")
+        problems.append(ItemError("missing guide", "the row gives no guide (nor base + overlay, nor original + "
+                                  "edited)"))
         return "guide"
     if len(used) > 1:
         parts = " and ".join(", ".join(sorted(given & {*WORKFLOW_COLUMNS[k], *_OPTIONAL.get(k, ())})) for k in used)
-        problems.append(f"bad row: it gives {parts}; give exactly one of guide, base + overlay, original + edited")
+        problems.append(ItemError("bad row", f"it gives {parts}; give exactly one of guide, base + overlay, "
+                                  "original + edited"))
         return used[0]
     lacking = [c for c in WORKFLOW_COLUMNS[used[0]] if c not in given]
     if lacking:
         needs = " and ".join(WORKFLOW_COLUMNS[used[0]])
-        problems.append(f"bad row: a {used[0].replace('_', ' ')} needs {needs}; {', '.join(lacking)} is empty")
+        problems.append(ItemError("bad row", f"a {used[0].replace('_', ' ')} needs {needs}; "
+                                  f"{', '.join(lacking)} is empty"))
     return used[0]
 
 
-def _position(name: str, value: Any, problems: list[str]) -> float | None:
-    """An overlay corner coordinate: whole pixels (negative clips), or a fraction of the base in (0, 1)."""
-    number = _number(name, value, float, problems, lambda v: abs(v) < 2**31, "a pixel position below 2**31")
-    if number is not None and not number.is_integer() and not 0 < number < 1:
-        problems.append(f"bad override: {name}={value!r} must be whole pixels or a fraction in (0, 1)")
+_INTEGER = ("seed", "samples", "margin", "threshold")
+
+
+def _override(name: str, value: Any, problems: list[ItemError]) -> Any:
+    """Parse one per-item override against its limit (pipeline.spec.OVERRIDES); a bad one is recorded
+    in ``problems`` and dropped. An overlay corner (x, y) is whole pixels (negative clips) or a
+    fraction of the base in (0, 1)."""
+    number = _number(name, value, int if name in _INTEGER else float, problems, OVERRIDES[name])
+    if name in ("x", "y") and number is not None and not number.is_integer() and not 0 < number < 1:
+        problems.append(ItemError("bad override", f"{name}={value!r} must be whole pixels or a fraction in (0, 1)"))
         return None
     return number
 
@@ -262,8 +236,8 @@ def _id_text(value: Any) -> str | None:
     return str(value)
 
 
-def _number(name: str, value: Any, kind: type, problems: list[str], ok: Any, rule: str) -> Any:
-    """Parse one per-item override; a bad one is recorded in ``problems`` and dropped.
+def _number(name: str, value: Any, kind: type, problems: list[ItemError], limit: Any) -> Any:
+    """A number within ``limit`` (a :class:`pipeline.spec.Range`), or None with a problem recorded.
 
     An empty cell (null) means "no override"; an explicit NaN is an error, not a silent default.
     """
@@ -273,10 +247,10 @@ def _number(name: str, value: Any, kind: type, problems: list[str], ok: Any, rul
         number = float(value) if kind is float else _to_int(value)
     except (TypeError, ValueError):
         expected = "a number" if kind is float else "an integer"
-        problems.append(f"bad override: {name}={value!r} is not {expected}")
+        problems.append(ItemError("bad override", f"{name}={value!r} is not {expected}"))
         return None
-    if not ok(number) or (kind is float and not math.isfinite(number)):
-        problems.append(f"bad override: {name}={value!r} must be {rule}")
+    if not limit.contains(number) or (kind is float and not math.isfinite(number)):
+        problems.append(ItemError("bad override", f"{name}={value!r} must be {limit.describe()}"))
         return None
     return number
 

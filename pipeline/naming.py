@@ -1,5 +1,9 @@
 """Output names: a file name for every (id, sample), and t0 in sweeps, safe on any file system or store.
 
+:class:`OutputLayout` is the one place that knows whether names and keys carry t0 (a t0 sweep) and
+which file format outputs have: decode (what is done), write, resume, the summary and the sheets
+all ask it.
+
 Ids come from users' manifests and may hold slashes, ``..``, spaces, unicode or be very long. A
 readable stem is kept where possible; whenever the id had to be changed (or differs only by case,
 which case-insensitive file systems would merge), a short hash of the exact id keeps names unique.
@@ -10,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 MAX_STEM = 80
@@ -41,15 +48,6 @@ def canonical_t0(t0: float) -> float:
     return round(float(t0), T0_DECIMALS)
 
 
-def output_key(item_id: str, t0: float, sample: int, sweep: bool) -> tuple[str, float | None, int]:
-    """What names one output, for resume's done-set: (id, t0, sample) in a sweep, else (id, None, sample).
-
-    Outside sweeps t0 is left out, as in the names: an item whose manifest t0 changed between a run
-    and its resume keeps its done output (resume never makes a second output of the same name).
-    """
-    return item_id, canonical_t0(t0) if sweep else None, sample
-
-
 def t0_label(t0: float) -> str:
     """``0.3`` -> ``"0.30"``, ``0.255`` -> ``"0.255"``: at least 2 decimals, as many as tell t0s apart."""
     text = f"{canonical_t0(t0):.{T0_DECIMALS}f}".rstrip("0")
@@ -73,3 +71,30 @@ INPUTS_DIR = "inputs"  # guides and masks the pipeline built (composite and stro
 def input_relpath(item_id: str, kind: str) -> str:
     """Path of an item's built ``guide`` or ``mask`` relative to the output folder (always PNG)."""
     return f"{INPUTS_DIR}/{safe_stem(item_id)}_{kind}.png"
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where each output of a job lives and what identifies it.
+
+    ``sweep``: a t0 sweep (``sampling.t0`` a list): an item has one output per t0, so names and keys
+    carry t0. Outside sweeps they do not: an item whose manifest t0 changed between a run and its
+    resume keeps its done output (resume never makes a second output of the same name).
+    """
+
+    sweep: bool = False
+    image_format: str = "png"
+
+    @classmethod
+    def of_job(cls, spec: Mapping[str, Any]) -> OutputLayout:
+        """The layout of a job from its spec as plain data (``JobSpec.public_dict()`` or job.json's)."""
+        return cls(sweep=isinstance(spec["sampling"]["t0"], list), image_format=spec["output"]["format"])
+
+    def key(self, item_id: str, t0: float, sample: int) -> tuple[str, float | None, int]:
+        """What names one output, for resume's done-set: (id, t0, sample) in a sweep, else (id, None, sample);
+        t0 compared as :func:`canonical_t0`, never as a raw float."""
+        return item_id, canonical_t0(t0) if self.sweep else None, sample
+
+    def image_path(self, item_id: str, t0: float, sample: int) -> str:
+        """The output image's path relative to OUT."""
+        return image_relpath(item_id, sample, self.image_format, t0 if self.sweep else None)

@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import kind_of
 from pipeline.index import read_index
-from pipeline.naming import canonical_t0, t0_label
+from pipeline.naming import OutputLayout, canonical_t0, t0_label
 from pipeline.outdir import SHEET_FILE, SWEEP_PLOT_FILE, SWEEP_SHEET_FILE, read_job_record
 from pipeline.storage import join_uri, url_to_fs
-from pipeline.summary import failure_reason, summarize
+from pipeline.summary import summarize
 from pipeline.sweep import faithfulness_by_t0
 
-_COLUMNS = ["id", "sample", "t0", "status", "error", "faithfulness_l2", "notes", "sampler", "steps",
+_COLUMNS = ["id", "sample", "t0", "status", "error", "error_kind", "faithfulness_l2", "notes", "sampler", "steps",
             "duration_ms"]
 
 
@@ -33,14 +34,14 @@ def inspect_output(out_uri: str, options: Mapping[str, Any] | None = None, *,
     table = read_index(out_uri, options, columns=_COLUMNS)
     rows = table.to_pylist()
     recorded = job.get("summary") or {}
-    counts = summarize(out_uri, options, float(recorded.get("wall_s") or 0.0))
+    counts = summarize(out_uri, options, float(recorded.get("wall_s") or 0.0), OutputLayout.of_job(job["spec"]))
     sampling = job.get("spec", {}).get("sampling", {})
     ok = [r for r in rows if r["status"] == "ok"]
     by_t0 = faithfulness_by_t0(table)
     failed_examples: dict[str, dict[str, str]] = {}
     for r in rows:
         if r["status"] != "ok":
-            failed_examples.setdefault(failure_reason(r["error"] or "error"), {"id": r["id"], "error": r["error"]})
+            failed_examples.setdefault(kind_of(r["error"], r["error_kind"]), {"id": r["id"], "error": r["error"]})
     report: dict[str, Any] = {
         "out": out_uri,
         "status": job.get("status"),
@@ -50,7 +51,7 @@ def inspect_output(out_uri: str, options: Mapping[str, Any] | None = None, *,
             "sampler": _distinct(r["sampler"] for r in rows) or [sampling.get("sampler")],
             "steps": _distinct(r["steps"] for r in ok),
             "passes": sampling.get("passes"), "t0": sampling.get("t0"),
-            "samples_per_item": sampling.get("samples_per_item"), "seed": sampling.get("seed"),
+            "samples": sampling.get("samples", sampling.get("samples_per_item")), "seed": sampling.get("seed"),
         },
         "items": counts.items, "items_failed": counts.items_failed,
         "outputs": counts.outputs, "outputs_ok": counts.outputs_ok, "outputs_failed": counts.outputs_failed,
@@ -78,7 +79,7 @@ def render(report: Mapping[str, Any]) -> str:
         f"{r['out']}: {r['status'] or 'no status'} (job.json written {r['written_at']})",
         f"  model      {m.get('label', '?')} ({m.get('sde', '?')}, {m.get('channels', '?')} channel(s), {size})",
         f"  sampling   {', '.join(map(str, s['sampler']))}, {'/'.join(map(str, s['steps'])) or '?'} steps, "
-        f"{s['passes']} pass(es), t0 {s['t0']}, {s['samples_per_item']} sample(s)/item, seed {s['seed']}",
+        f"{s['passes']} pass(es), t0 {s['t0']}, {s['samples']} sample(s)/item, seed {s['seed']}",
         f"  outputs    {r['outputs']} ({r['outputs_ok']} ok, {r['outputs_failed']} failed) from "
         f"{r['items']} items ({r['items_failed']} failed)",
     ]

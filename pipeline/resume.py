@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 from pydantic_core import PydanticUndefined
 
 from pipeline.index import INDEX_DIR, conform
-from pipeline.naming import image_relpath, output_key
+from pipeline.naming import OutputLayout
 from pipeline.outdir import IMAGES_DIR, read_job_record
-from pipeline.spec import JobSpec
+from pipeline.spec import RENAMED, JobSpec
 from pipeline.storage import join_uri, url_to_fs
 
 log = logging.getLogger("pipeline")
@@ -35,7 +35,7 @@ log = logging.getLogger("pipeline")
 SHAPING_FIELDS = (
     ("sampling", "t0"), ("sampling", "sampler"), ("sampling", "options"), ("sampling", "steps"),
     ("sampling", "passes"), ("sampling", "seed"), ("model", "uri"), ("model", "dtype"),
-    ("input", "resize"), ("input", "image_size"), ("input", "composite_mask"), ("input", "composite_margin"),
+    ("input", "fit"), ("input", "image_size"), ("input", "composite_mask"), ("input", "composite_margin"),
     ("input", "edit_threshold"), ("input", "edit_margin"), ("output", "format"), ("output", "quality"),
     ("output", "embed_images"),
 )
@@ -46,10 +46,7 @@ class ResumeError(ValueError):
 
 
 def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, float | None, int]]:
-    """Every output done in ``output.uri`` as :func:`pipeline.naming.output_key`; compacts the index.
-
-    In a t0 sweep the key is (id, t0, sample), t0 compared as ``canonical_t0`` (never as a raw
-    float); otherwise (id, None, sample).
+    """Every output done in ``output.uri`` as :meth:`pipeline.naming.OutputLayout.key`; compacts the index.
 
     ``model_label`` (name and weights digest) must match the earlier run's: same name, other weights
     (a checkpoint saved again) would make other outputs.
@@ -76,6 +73,7 @@ def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, f
         )
     images = {p[len(root.rstrip("/")) + 1:] for p in fs.find(join_uri(root, IMAGES_DIR))}
     _remove_temporaries(fs, [*images, *(f[len(root.rstrip("/")) + 1:] for f in found)], root)
+    layout = OutputLayout.of_job(spec.public_dict())
     done: set[tuple[str, float | None, int]] = set()
     for n, old in enumerate(files):  # one file at a time: embedded images may make the index large
         try:
@@ -93,9 +91,8 @@ def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, f
         )):
             if status != "ok" or t0 is None:
                 continue
-            key = output_key(item_id, t0, sample, spec.sampling.sweep)
-            path = image_relpath(item_id, sample, spec.output.format, t0 if spec.sampling.sweep else None)
-            if path in images and key not in done:
+            key = layout.key(item_id, t0, sample)
+            if layout.image_path(item_id, t0, sample) in images and key not in done:
                 done.add(key)
                 keep.append(i)
         if keep:
@@ -129,13 +126,15 @@ def _check_same_job(spec: JobSpec, record: Mapping[str, Any]) -> None:
 
 
 def _with_defaults(spec: JobSpec, before: Mapping[str, Any]) -> dict[str, Any]:
-    """The earlier run's spec, where a field added since (e.g. input.edit_margin) has its default."""
+    """The earlier run's spec, where a field added since (e.g. input.edit_margin) has its default and a
+    field renamed since (input.resize -> input.fit) has its new name."""
     out = dict(before)
     for section in {section for section, _ in SHAPING_FIELDS}:
         fields = type(getattr(spec, section)).model_fields
         defaults = {name: f.default for name, f in fields.items() if f.default is not PydanticUndefined}
         if isinstance(before.get(section), dict):
-            out[section] = {**defaults, **before[section]}
+            given = {RENAMED.get((section, name), name): value for name, value in before[section].items()}
+            out[section] = {**defaults, **given}
     return out
 
 

@@ -15,9 +15,11 @@ from typing import Any
 
 import ray
 
-from pipeline.actor import ModelSettings, SDEditor, model_label
+from pipeline.actor import ActorSettings, SDEditor
 from pipeline.builtin import resolve_model_uri
-from pipeline.decode import MODES, DecodeSettings, decode_batch
+from pipeline.decode import DecodeSettings, decode_batch
+from pipeline.editing import EditSettings, model_label
+from pipeline.images import MODES, WorkingSize
 from pipeline.jobfile import SpecError
 from pipeline.ledger import start_ledger
 from pipeline.manifest import ManifestError, manifest_format, missing_columns, peek_columns, read_manifests
@@ -45,6 +47,9 @@ class Plan:
     sde: str
     steps: int
     batch_size: int = 8  # resources.batch_size, or the measured one when it says auto
+
+    def working(self, spec: JobSpec) -> WorkingSize:
+        return WorkingSize(self.channels, self.height, self.width, spec.input.fit)
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "sde": self.sde, "channels": self.channels,
@@ -118,28 +123,18 @@ def _strip(e: Exception) -> str:
 def decode_settings(spec: JobSpec, plan: Plan,
                     done: frozenset[tuple[str, float | None, int]] = frozenset()) -> DecodeSettings:
     """The decode stage's settings; ``sdedit tune-t0`` decodes its sample with the same ones."""
-    sampling = spec.sampling
     return DecodeSettings(
-        channels=plan.channels, height=plan.height, width=plan.width, policy=spec.input.resize,
-        t0=sampling.t0_values if sampling.sweep else sampling.t0, seed=sampling.seed,
-        samples=sampling.samples_per_item,
-        storage_options=spec.options_for("input"), done=done, max_pixels=spec.input.max_pixels,
-        composite_mask=spec.input.composite_mask, composite_margin=spec.input.composite_margin,
-        edit_threshold=spec.input.edit_threshold, edit_margin=spec.input.edit_margin,
+        working=plan.working(spec), input=spec.input, sampling=spec.sampling, layout=spec.layout,
+        storage_options=spec.options_for("input"), done=done,
         out_uri=spec.output.uri, out_options=spec.options_for("output"),
     )
 
 
-def model_settings(spec: JobSpec, plan: Plan, *, ledger: Any = None, **changes: Any) -> ModelSettings:
-    """What every model actor (and tune-t0's in-process editor) is built from; ``changes`` override."""
-    sampling, model, resources = spec.sampling, spec.model, spec.resources
-    settings = ModelSettings(
-        uri=model.uri, device=spec.device, dtype=model.dtype, threads=resources.threads,
-        sampler=sampling.sampler, steps=sampling.steps, passes=sampling.passes,
-        channels=plan.channels, height=plan.height, width=plan.width,
-        sampler_options=dict(sampling.options), storage_options=spec.options_for("model"),
-        autocast=model.autocast, channels_last=model.channels_last, compile=model.compile,
-        cudnn_benchmark=model.cudnn_benchmark, max_crashes=resources.max_crashes_per_item, ledger=ledger,
+def edit_settings(spec: JobSpec, plan: Plan, **changes: Any) -> EditSettings:
+    """What every editor (model actors, the batch-size probe, tune-t0's) is built from; ``changes`` override."""
+    settings = EditSettings(
+        model=spec.model, sampling=spec.sampling, working=plan.working(spec), device=spec.device,
+        threads=spec.resources.threads, storage_options=spec.options_for("model"),
     )
     return replace(settings, **changes)
 
@@ -150,7 +145,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
     """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed."""
     sampling, resources = spec.sampling, spec.resources
     # Small manifests arrive as one block: split so every actor gets work and batches stream.
-    outputs_per_item = sampling.samples_per_item * len(sampling.t0_values)
+    outputs_per_item = sampling.samples * len(sampling.t0_values)
     rows_per_block = max(1, math.ceil(plan.batch_size / outputs_per_item))
     ds = manifest.repartition(target_num_rows_per_block=rows_per_block, strict=True)
     ds = ds.map_batches(
@@ -162,15 +157,15 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
         SDEditor, batch_size=plan.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
         compute=ray.data.ActorPoolStrategy(min_size=pool.min, max_size=pool.max),
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
-        fn_constructor_kwargs={"settings": model_settings(spec, plan, ledger=ledger)},
+        fn_constructor_kwargs={"settings": ActorSettings(
+            edit=edit_settings(spec, plan), max_crashes_per_item=resources.max_crashes_per_item, ledger=ledger,
+        )},
     )
     return ds.map_batches(
         write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS, udf_modifying_row_count=False,
         fn_kwargs={"settings": WriteSettings(
-            out_uri=spec.output.uri, image_format=spec.output.format, quality=spec.output.quality,
-            embed_images=spec.output.embed_images, sampler=sampling.sampler, passes=sampling.passes,
-            channels=plan.channels, height=plan.height, width=plan.width,
-            storage_options=spec.options_for("output"), sweep=sampling.sweep,
+            output=spec.output, sampling=sampling, working=plan.working(spec), layout=spec.layout,
+            storage_options=spec.options_for("output"),
         )},
     )
 
@@ -203,7 +198,7 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
         "sdedit: %d manifest(s); model %s (%dx%d, %d channel(s)); %s from t0=%s, %d steps x %d "
         "pass(es), %d sample(s)/item; %s actor(s) on %s; output %s", len(spec.input.manifests),
         plan.label, plan.height, plan.width, plan.channels, s.sampler, s.t0, plan.steps, s.passes,
-        s.samples_per_item, pool.min if pool.min == pool.max else f"{pool.min}-{pool.max}", spec.device,
+        s.samples, pool.min if pool.min == pool.max else f"{pool.min}-{pool.max}", spec.device,
         strip_userinfo(spec.output.uri),
     )
     done_with("read_manifests")
@@ -217,7 +212,7 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
         sink, ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks
     )
     done_with("execute")
-    summary = summarize(spec.output.uri, out_options, time.perf_counter() - start, done)
+    summary = summarize(spec.output.uri, out_options, time.perf_counter() - start, spec.layout, done)
     done_with("summarize")
     write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict(),
                             "phases_s": phases})
@@ -229,11 +224,11 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
 
 def measure_batch_size(spec: JobSpec, plan: Plan) -> int:
     """resources.batch_size: auto, measured by one task with an actor's resources (its GPU, its threads)."""
-    from pipeline.actor import probe_batch_size
+    from pipeline.editing import probe_batch_size
 
     r = spec.resources
     task = ray.remote(probe_batch_size).options(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
-    chosen = int(ray.get(task.remote(model_settings(spec, plan))))
+    chosen = int(ray.get(task.remote(edit_settings(spec, plan))))
     log.info("resources.batch_size: auto -> %d (measured on %s)", chosen, spec.device)
     return chosen
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.decode import DecodeSettings, guide_pixels, load_image, mask_bits
+from pipeline.images import WorkingSize, guide_pixels, load_image, mask_bits
 from pipeline.index import read_index
-from pipeline.naming import image_relpath, t0_label
+from pipeline.naming import OutputLayout, t0_label
 from pipeline.outdir import SHEET_FILE, read_job_record
 from pipeline.storage import join_uri, read_bytes, url_to_fs, write_atomic
 
@@ -23,19 +23,17 @@ TILE = 112
 LABEL_W = 150
 HEADER_H = 22
 MAX_SAMPLE_COLUMNS = 8
-INPUT_COLUMNS = ["guide", "mask", "built_guide", "built_mask"]  # the index columns input_tiles reads
+TILE_COLUMNS = ["guide", "mask", "built_guide", "built_mask"]  # the index columns input_tiles reads
 
 
 def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
                input_options: Mapping[str, Any] | None = None, items: int = 16) -> str:
     """Draw the contact sheet of up to ``items`` items into ``OUT/sheet.png``; returns its URI."""
     job = read_job_record(out_uri, out_options)
-    settings = fit_settings(job)
-    sweep = is_sweep(job)
+    working, layout = working_size(job), OutputLayout.of_job(job["spec"])
     # Image paths follow from (id, t0, sample): the image column (maybe embedded bytes) is never read.
     table = read_index(out_uri, out_options,
-                       columns=["id", "sample", "t0", "status", *INPUT_COLUMNS])
-    image_format = job["spec"]["output"]["format"]
+                       columns=["id", "sample", "t0", "status", *TILE_COLUMNS])
     rows = table.to_pylist()
     by_id: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -47,16 +45,16 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     sheet = Image.new("RGB", (LABEL_W + TILE * (2 + columns), HEADER_H + TILE * len(chosen)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    outputs_title = "output {}" if sweep else "sample {}"  # a sweep's tiles are captioned with t0 and sample
+    outputs_title = "output {}" if layout.sweep else "sample {}"  # a sweep's tiles are captioned with t0 and sample
     for c, title in enumerate(["guide", "mask (white = edit)", *[outputs_title.format(s) for s in range(columns)]]):
         draw.text((LABEL_W + c * TILE + 4, 4), title, fill="black", font=font)
     for r, item_id in enumerate(chosen):
         top = HEADER_H + r * TILE
         outputs = sorted(by_id[item_id], key=lambda row: (row["sample"], row["t0"] or 0.0))
-        draw.text((4, top + TILE // 2 - 6), _short(item_id), fill="black", font=font)
+        draw.text((4, top + TILE // 2 - 6), short_label(item_id), fill="black", font=font)
         first = outputs[0]
-        tiles = list(input_tiles(out_uri, first, settings, input_options, out_options))
-        tiles += [_output_tile(out_uri, row, image_format, out_options, sweep) for row in outputs[:columns]]
+        tiles = list(input_tiles(out_uri, first, working, input_options, out_options))
+        tiles += [output_tile(out_uri, row, layout, out_options, caption=layout.sweep) for row in outputs[:columns]]
         for c, tile in enumerate(tiles):
             sheet.paste(tile, (LABEL_W + c * TILE, top))
     buffer = io.BytesIO()
@@ -66,19 +64,15 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     return join_uri(out_uri, SHEET_FILE)
 
 
-def fit_settings(job: Mapping[str, Any]) -> DecodeSettings:
-    """Decode settings that fit guides and masks as the run did, from its job.json record."""
+def working_size(job: Mapping[str, Any]) -> WorkingSize:
+    """The working size and fit of a run, from its job.json record (input.fit was input.resize before)."""
     height, width = (int(v) for v in job["model"]["image_size"])
-    return DecodeSettings(channels=int(job["model"]["channels"]), height=height, width=width,
-                          policy=job["spec"]["input"]["resize"], t0=0.5, seed=0, samples=1)
+    given = job["spec"]["input"]
+    return WorkingSize(int(job["model"]["channels"]), height, width, given.get("fit", given.get("resize", "resize")))
 
 
-def is_sweep(job: Mapping[str, Any]) -> bool:
-    """Whether the run was a t0 sweep (``sampling.t0`` a list): its image names carry t0."""
-    return isinstance(job["spec"]["sampling"]["t0"], list)
-
-
-def _short(text: str, limit: int = 22) -> str:
+def short_label(text: str, limit: int = 22) -> str:
+    """A row label that fits beside a tile."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -91,44 +85,44 @@ def _fit_tile(img: Image.Image) -> Image.Image:
     return tile
 
 
-def _note_tile(text: str, colour: tuple[int, int, int] = (120, 120, 120)) -> Image.Image:
+def note_tile(text: str, colour: tuple[int, int, int] = (120, 120, 120)) -> Image.Image:
     tile = Image.new("RGB", (TILE, TILE), (235, 235, 235))
     ImageDraw.Draw(tile).text((6, TILE // 2 - 6), text, fill=colour, font=ImageFont.load_default())
     return tile
 
 
-def _guide_tile(uri: str | None, settings: DecodeSettings, options: Mapping[str, Any] | None) -> Image.Image:
+def _guide_tile(uri: str | None, working: WorkingSize, options: Mapping[str, Any] | None) -> Image.Image:
     try:
-        pixels = guide_pixels(load_image(uri or "", options or {}, "guide"), settings)
+        pixels = guide_pixels(load_image(uri or "", options or {}, "guide"), working)
     except Exception:  # noqa: BLE001 - an unreadable guide is drawn as a note, not an error
-        return _note_tile("guide unreadable", (180, 0, 0))
-    return _fit_tile(Image.fromarray(pixels[:, :, 0] if settings.channels == 1 else pixels))
+        return note_tile("guide unreadable", (180, 0, 0))
+    return _fit_tile(Image.fromarray(pixels[:, :, 0] if working.channels == 1 else pixels))
 
 
-def _mask_tile(guide_uri: str | None, mask_uri: str | None, settings: DecodeSettings,
+def _mask_tile(guide_uri: str | None, mask_uri: str | None, working: WorkingSize,
                options: Mapping[str, Any] | None) -> Image.Image:
     if not mask_uri:
-        return _note_tile("no mask: all edited")
+        return note_tile("no mask: all edited")
     try:
         guide_size = load_image(guide_uri or "", options or {}, "guide").size
-        bits = mask_bits(load_image(mask_uri, options or {}, "mask"), guide_size, settings)
+        bits = mask_bits(load_image(mask_uri, options or {}, "mask"), guide_size, working)
     except Exception:  # noqa: BLE001
-        return _note_tile("mask unreadable", (180, 0, 0))
+        return note_tile("mask unreadable", (180, 0, 0))
     return _fit_tile(Image.fromarray(bits * 255))
 
 
-def input_tiles(out_uri: str, row: Mapping[str, Any], settings: DecodeSettings,
+def input_tiles(out_uri: str, row: Mapping[str, Any], working: WorkingSize,
                 input_options: Mapping[str, Any] | None,
                 out_options: Mapping[str, Any] | None) -> tuple[Image.Image, Image.Image]:
-    """The guide and mask tiles of an index row (which needs :data:`INPUT_COLUMNS` read).
+    """The guide and mask tiles of an index row (which needs :data:`TILE_COLUMNS` read).
 
     Composite and stroke-edit rows show the guide and mask the run built and recorded in
     OUT/inputs/, exactly as the sampler got them; other rows re-decode their guide and mask URIs.
     """
     guide = (_built_tile(out_uri, row["built_guide"], out_options) if row["built_guide"]
-             else _guide_tile(row["guide"], settings, input_options))
+             else _guide_tile(row["guide"], working, input_options))
     mask = (_built_tile(out_uri, row["built_mask"], out_options) if row["built_mask"]
-            else _mask_tile(row["guide"], row["mask"], settings, input_options))
+            else _mask_tile(row["guide"], row["mask"], working, input_options))
     return guide, mask
 
 
@@ -136,20 +130,20 @@ def _built_tile(out_uri: str, relpath: str, options: Mapping[str, Any] | None) -
     try:
         return _fit_tile(Image.open(io.BytesIO(read_bytes(join_uri(out_uri, relpath), options))))
     except Exception:  # noqa: BLE001 - drawn as a note, like an unreadable guide
-        return _note_tile("input unreadable", (180, 0, 0))
+        return note_tile("input unreadable", (180, 0, 0))
 
 
-def _output_tile(out_uri: str, row: Mapping[str, Any], image_format: str,
-                 options: Mapping[str, Any] | None, sweep: bool = False, caption: bool = True) -> Image.Image:
-    """One output's tile; in a sweep captioned ``t0 0.30 s0`` unless the column header says it."""
+def output_tile(out_uri: str, row: Mapping[str, Any], layout: OutputLayout,
+                options: Mapping[str, Any] | None, caption: bool = False) -> Image.Image:
+    """One output's tile; with ``caption`` labelled ``t0 0.30 s0`` (sweep sheets whose header lacks it)."""
     if row["status"] != "ok":
-        return _note_tile("error", (180, 0, 0))
-    path = image_relpath(row["id"], row["sample"], image_format, row["t0"] if sweep else None)
+        return note_tile("error", (180, 0, 0))
+    path = layout.image_path(row["id"], row["t0"], row["sample"])
     try:
         tile = _fit_tile(Image.open(io.BytesIO(read_bytes(join_uri(out_uri, path), options))))
     except Exception:  # noqa: BLE001
-        return _note_tile("image unreadable", (180, 0, 0))
-    if sweep and caption:
+        return note_tile("image unreadable", (180, 0, 0))
+    if caption:
         ImageDraw.Draw(tile).text((3, 1), f"t0 {t0_label(row['t0'])} s{row['sample']}", fill=(200, 0, 0),
                                   font=ImageFont.load_default())
     return tile

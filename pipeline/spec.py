@@ -7,11 +7,13 @@ are a contract that users' job files and ``--set`` rely on; docs/pipeline.md lis
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.builtin import describe_unknown
+from pipeline.naming import OutputLayout
 from pipeline.redact import redact, strip_userinfo
 
 # The default sampler lives here and nowhere else. Chosen by the quality study (docs/quality_samplers.md):
@@ -20,6 +22,51 @@ from pipeline.redact import redact, strip_userinfo
 DEFAULT_SAMPLER = "dpmpp_2m_sde"
 
 StorageOptions = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Range:
+    """An allowed range of numbers, declared once: the spec's fields and the manifest's per-item
+    overrides of them check the same bounds and say them in the same words."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    hi_text: str | None = None  # how hi is written in messages (2**63)
+    text: str | None = None  # the whole rule in words, where the interval says it badly
+
+    def contains(self, v: float) -> bool:
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = v < self.hi if self.hi_open else v <= self.hi
+        return bool(above and below)  # NaN is in no range
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        hi = self.hi_text or f"{self.hi:g}"
+        if not (self.lo_open or self.hi_open):
+            return f"between {self.lo:g} and {hi}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi}{')' if self.hi_open else ']'}"
+
+    def bounds(self) -> dict[str, float]:
+        """pydantic Field bounds."""
+        return {"gt" if self.lo_open else "ge": self.lo, "lt" if self.hi_open else "le": self.hi}
+
+
+# Limits shared by job fields and the manifest columns that override them per item.
+T0 = Range(0, 1, lo_open=True)
+SEED = Range(0, 2**63, hi_open=True, hi_text="2**63")
+SAMPLES = Range(1, 10_000)
+MARGIN = Range(0, 1024)
+THRESHOLD = Range(0, 254)
+SCALE = Range(0, 64, lo_open=True)
+POSITION = Range(-(2**31), 2**31, lo_open=True, hi_open=True, text="a pixel position below 2**31")
+MAX_PIXELS = Range(1, 178_956_970)
+OVERRIDES = {"t0": T0, "seed": SEED, "samples": SAMPLES, "margin": MARGIN, "threshold": THRESHOLD,
+             "scale": SCALE, "x": POSITION, "y": POSITION}
+# Fields renamed since: job files and job.json records may still use the old name.
+RENAMED = {("input", "resize"): "fit", ("sampling", "samples_per_item"): "samples"}
 
 
 class _Section(BaseModel):
@@ -41,17 +88,17 @@ class InputSpec(_Section):
     storage_options: StorageOptions | None = Field(
         None, description="fsspec options for manifests, guides and masks; merged over the top-level ones."
     )
-    resize: Literal["resize", "center_crop", "pad"] = Field(
-        "resize",
-        description="How a guide of another size is fitted: resize (stretch), center_crop (scale the "
-        "short side, crop) or pad (scale the long side, pad with black). Masks follow with "
-        "nearest-neighbour.",
+    fit: Literal["resize", "center_crop", "pad"] = Field(
+        "resize", validation_alias=AliasChoices("fit", "resize"),
+        description="(Formerly input.resize.) How a guide of another size is fitted: resize (stretch), "
+        "center_crop (scale the short side, crop) or pad (scale the long side, pad with black). Masks follow "
+        "with nearest-neighbour.",
     )
     image_size: int | tuple[int, int] | None = Field(
         None, description="Working size, int or [height, width]; default: the model's sample size."
     )
     max_pixels: int = Field(
-        50_000_000, ge=1, le=178_956_970,
+        50_000_000, **MAX_PIXELS.bounds(),
         description="Largest guide or mask (width x height) decoded; checked from the file header, so a "
         "decompression bomb never reaches memory. Larger images become error rows (bad guide / bad mask).",
     )
@@ -62,17 +109,17 @@ class InputSpec(_Section):
         "grown by input.composite_margin) or whole (regenerate the whole image). A row's mask wins.",
     )
     composite_margin: int = Field(
-        2, ge=0, le=1024, description="Pixels (at the working size) the pasted region grows by in every "
+        2, **MARGIN.bounds(), description="Pixels (at the working size) the pasted region grows by in every "
         "direction (a square dilation), so the seam around the overlay is regenerated too; manifest column "
         "margin overrides.",
     )
     edit_threshold: int = Field(
-        24, ge=0, le=254, description="Stroke-edit rows (original + edited): a pixel is edited where some "
+        24, **THRESHOLD.bounds(), description="Stroke-edit rows (original + edited): a pixel is edited where some "
         "channel of the two images differs by more than this (0..255 scale, in the model's channels); "
         "manifest column threshold overrides.",
     )
     edit_margin: int = Field(
-        2, ge=0, le=1024, description="Pixels (at the working size) the stroke-edit mask grows by in every "
+        2, **MARGIN.bounds(), description="Pixels (at the working size) the stroke-edit mask grows by in every "
         "direction (a square dilation); manifest column margin overrides.",
     )
 
@@ -201,22 +248,24 @@ class SamplingSpec(_Section):
     passes: int = Field(
         1, ge=1, le=100, description="Repeat perturb-and-denoise, each pass from the last output."
     )
-    samples_per_item: int = Field(
-        1, ge=1, le=10_000, description="Independent outputs per item; manifest column samples overrides."
+    samples: int = Field(
+        1, **SAMPLES.bounds(), validation_alias=AliasChoices("samples", "samples_per_item"),
+        description="(Formerly sampling.samples_per_item.) Independent outputs per item; manifest column "
+        "samples overrides.",
     )
-    seed: int = Field(0, ge=0, lt=2**63, description="Job seed; manifest column seed overrides per item.")
+    seed: int = Field(0, **SEED.bounds(), description="Job seed; manifest column seed overrides per item.")
 
     @field_validator("t0")
     @classmethod
     def _t0_values(cls, v: float | list[float]) -> float | list[float]:
-        from pipeline.naming import T0_DECIMALS, canonical_t0
+        from pipeline.naming import T0_DECIMALS, canonical_t0  # noqa: I001 - kept local to the check
 
         values = v if isinstance(v, list) else [v]
         if not values:
             raise ValueError("an empty list: give at least one t0 in (0, 1]")
-        bad = [x for x in values if not 0.0 < x <= 1.0]  # NaN fails this too
+        bad = [x for x in values if not T0.contains(x)]  # NaN fails this too
         if bad:
-            raise ValueError(f"each t0 must be in (0, 1]; got {', '.join(map(str, bad))}")
+            raise ValueError(f"each t0 must be {T0.describe()}; got {', '.join(map(str, bad))}")
         seen: dict[float, float] = {}
         for x in values:
             if canonical_t0(x) in seen:
@@ -336,6 +385,11 @@ class JobSpec(_Section):
         if self.model.device == "auto":
             return "cuda" if self.resources.num_gpus > 0 else "cpu"
         return self.model.device
+
+    @property
+    def layout(self) -> OutputLayout:
+        """Where outputs go and what identifies them (names carry t0 in a sweep)."""
+        return OutputLayout(sweep=self.sampling.sweep, image_format=self.output.format)
 
     def public_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data, with every credential redacted (for job.json and logs)."""

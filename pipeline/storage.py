@@ -25,15 +25,6 @@ def has_scheme(uri: str) -> bool:
     return bool(_SCHEME.match(uri))
 
 
-def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Later layers win key by key: section options refine the job-wide ``storage_options``."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        if layer:
-            merged.update(layer)
-    return merged
-
-
 def absolute_uri(uri: str) -> str:
     """Local relative paths are made absolute (relative to the working directory); URIs stay."""
     if has_scheme(uri):

@@ -13,8 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.errors import kind_of
 from pipeline.index import read_index
-from pipeline.naming import output_key
+from pipeline.naming import OutputLayout
 
 
 @dataclass(frozen=True)
@@ -71,28 +72,23 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def failure_reason(error: str) -> str:
-    """The category of an error message: the text before its first colon ("missing guide", ...)."""
-    return error.split(":", 1)[0].strip() or "error"
-
-
-def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float,
+def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float, layout: OutputLayout,
               resumed: frozenset[tuple[str, float | None, int]] = frozenset()) -> RunSummary:
     """Count outputs and failed items (by reason) from the index under ``out_uri``.
 
-    ``resumed``: the outputs an earlier run made, as :func:`pipeline.naming.output_key` keys.
+    ``resumed``: the outputs an earlier run made, as ``layout.key`` keys.
     """
-    table: pa.Table = read_index(out_uri, options, columns=["id", "sample", "t0", "status", "error", "notes"])
+    columns = ["id", "sample", "t0", "status", "error", "error_kind", "notes"]
+    table: pa.Table = read_index(out_uri, options, columns=columns)
     ids = table.column("id").to_pylist()
     statuses = table.column("status").to_pylist()
-    errors = table.column("error").to_pylist()
     samples = table.column("sample").to_pylist()
     t0s = table.column("t0").to_pylist()
-    sweep = any(key[1] is not None for key in resumed)  # keys carry t0 only in sweeps; no keys: no matter
     failed_items: dict[str, str] = {}
-    for item_id, status, error in zip(ids, statuses, errors, strict=True):
+    for item_id, status, error, kind in zip(ids, statuses, table.column("error").to_pylist(),
+                                            table.column("error_kind").to_pylist(), strict=True):
         if status != "ok" and item_id not in failed_items:
-            failed_items[item_id] = failure_reason(error or "error")
+            failed_items[item_id] = kind_of(error, kind)
     return RunSummary(
         out_uri=out_uri,
         items=len(set(ids)),
@@ -103,6 +99,6 @@ def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float,
         wall_s=wall_s,
         resumed_outputs=len(resumed),
         items_run=len({i for i, t0, s in zip(ids, t0s, samples, strict=True)
-                       if output_key(i, t0, s, sweep) not in resumed}),
+                       if layout.key(i, t0, s) not in resumed}),
         items_with_notes=len({i for i, n in zip(ids, table.column("notes").to_pylist(), strict=True) if n}),
     )

@@ -17,19 +17,18 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.index import read_index
-from pipeline.naming import canonical_t0, t0_label
+from pipeline.naming import OutputLayout, canonical_t0, t0_label
 from pipeline.outdir import SWEEP_PLOT_FILE, SWEEP_SHEET_FILE, read_job_record
 from pipeline.sheet import (
     HEADER_H,
-    INPUT_COLUMNS,
     LABEL_W,
     TILE,
-    _note_tile,
-    _output_tile,
-    _short,
-    fit_settings,
+    TILE_COLUMNS,
     input_tiles,
-    is_sweep,
+    note_tile,
+    output_tile,
+    short_label,
+    working_size,
 )
 from pipeline.storage import join_uri, url_to_fs, write_atomic
 
@@ -72,8 +71,8 @@ def make_sweep_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = No
     about t0. The columns are the t0 values of the chosen rows.
     """
     job = read_job_record(out_uri, out_options)
-    settings, sweep, image_format = fit_settings(job), is_sweep(job), job["spec"]["output"]["format"]
-    table = read_index(out_uri, out_options, columns=["id", "sample", "t0", "status", *INPUT_COLUMNS])
+    working, layout = working_size(job), OutputLayout.of_job(job["spec"])
+    table = read_index(out_uri, out_options, columns=["id", "sample", "t0", "status", *TILE_COLUMNS])
     by_id: dict[str, dict[float, dict[str, Any]]] = {}
     for row in sorted(table.to_pylist(), key=lambda r: r["sample"]):
         if row["t0"] is not None:
@@ -91,13 +90,13 @@ def make_sweep_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = No
     for r, item_id in enumerate(chosen):
         top = HEADER_H + r * TILE
         first = next(iter(by_id[item_id].values()))
-        draw.text((4, top + TILE // 2 - 6), _short(item_id), fill="black", font=font)
-        guide, mask = input_tiles(out_uri, first, settings, input_options, out_options)
+        draw.text((4, top + TILE // 2 - 6), short_label(item_id), fill="black", font=font)
+        guide, mask = input_tiles(out_uri, first, working, input_options, out_options)
         tiles = [guide, mask] if with_mask else [guide]
         for t0 in t0s:
             row = by_id[item_id].get(t0)
-            tiles.append(_note_tile("not run at this t0") if row is None else
-                         _output_tile(out_uri, row, image_format, out_options, sweep, caption=False))
+            tiles.append(note_tile("not run at this t0") if row is None else
+                         output_tile(out_uri, row, layout, out_options))
         for c, tile in enumerate(tiles):
             sheet.paste(tile, (LABEL_W + c * TILE, top))
     return _publish(out_uri, out_options, SWEEP_SHEET_FILE, lambda buffer: sheet.save(buffer, format="PNG"))

@@ -96,19 +96,18 @@ class L2Probe:
     def __init__(self, spec: JobSpec, plan: Any, work: pa.Table) -> None:
         import torch
 
-        from pipeline.actor import SDEditor
-        from pipeline.run import model_settings
+        from pipeline.editing import Editor
+        from pipeline.run import edit_settings
 
         device = spec.device if spec.device == "cpu" or torch.cuda.is_available() else "cpu"  # driver may lack a GPU
         # compile off: a few probes never repay minutes of compilation; autocast stays (it shapes outputs)
-        self.editor = SDEditor(model_settings(spec, plan, device=device, threads=os.cpu_count() or 1,
-                                              compile="off"))
+        self.editor = Editor(edit_settings(spec, plan, device=device, threads=os.cpu_count() or 1,
+                                           model=spec.model.model_copy(update={"compile": "off"})))
         self.work = work
 
     def __call__(self, t0: float) -> Probe:
-        work = self.work.set_column(self.work.schema.get_field_index("t0"), "t0",
-                                    pa.array([t0] * self.work.num_rows, pa.float64()))
-        result = self.editor(work).to_pylist()
+        rows = [{**row, "t0": t0} for row in self.work.to_pylist()]
+        result = self.editor.edit_rows(rows)
         l2 = [r["faithfulness_l2"] for r in result if r["status"] == "ok"]
         if not l2:
             errors = {r["error"] for r in result}
@@ -124,14 +123,16 @@ def sample_guides(spec: JobSpec, plan: Any, n: int, seed: int) -> pa.Table:
     t0 is what is tuned); a per-item seed is kept.
     """
     from pipeline.decode import decode_batch
-    from pipeline.manifest import MANIFEST_SCHEMA, read_manifests
+    from pipeline.manifest import read_manifests
+    from pipeline.rows import MANIFEST_SCHEMA
     from pipeline.run import decode_settings
 
     rows = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input")).take_all()
-    rows = sorted((r for r in rows if r["problem"] is None), key=lambda r: r["id"])
+    rows = sorted((r for r in rows if r["error"] is None), key=lambda r: r["id"])
     random.Random(seed).shuffle(rows)
     # The job's own decode settings, one t0 and one sample, and nothing recorded into OUT.
-    settings = replace(decode_settings(spec, plan), t0=spec.sampling.t0_values[0], samples=1, out_uri=None)
+    one = spec.sampling.model_copy(update={"t0": spec.sampling.t0_values[0], "samples": 1})
+    settings = replace(decode_settings(spec, plan), sampling=one, out_uri=None)
     chosen: list[pa.Table] = []
     count = 0
     for start in range(0, len(rows), n):

@@ -16,66 +16,50 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from ray.data import Datasink
 
+from pipeline.errors import ItemError
+from pipeline.images import WorkingSize, encode_image
 from pipeline.index import INDEX_DIR, conform, to_index_table
-from pipeline.naming import image_relpath
+from pipeline.naming import OutputLayout
 from pipeline.redact import strip_userinfo
+from pipeline.spec import OutputSpec, SamplingSpec
 from pipeline.storage import join_uri, url_to_fs, write_atomic
-
-PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 @dataclass(frozen=True)
 class WriteSettings:
     """What the write stage needs (picklable, sent with every task)."""
 
-    out_uri: str
-    image_format: str
-    quality: int
-    embed_images: bool
-    sampler: str
-    passes: int
-    channels: int
-    height: int
-    width: int
-    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
-    sweep: bool = False  # a t0 sweep: image names carry t0 (pipeline.naming.image_relpath)
-
-
-def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:
-    """uint8 [H, W, C] -> file bytes. PNG is lossless; JPEG / WebP use ``quality``."""
-    img = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
-    if image_format == "webp" and img.mode == "L":
-        img = img.convert("RGB")  # WebP has no grey mode
-    buffer = io.BytesIO()
-    kwargs: dict[str, Any] = {} if image_format == "png" else {"quality": quality}
-    img.save(buffer, format=PIL_FORMATS[image_format], **kwargs)
-    return buffer.getvalue()
+    output: OutputSpec
+    sampling: SamplingSpec  # sampler and passes are recorded in every index row
+    working: WorkingSize
+    layout: OutputLayout
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # output's; may hold credentials
 
 
 def write_batch(batch: pa.Table, settings: WriteSettings) -> pa.Table:
     """Model-stage rows -> index rows, writing each ok output to ``OUT/images/`` (a Ray task)."""
-    fs, root = url_to_fs(settings.out_uri, settings.storage_options)
-    shape = (settings.height, settings.width, settings.channels)
+    out = settings.output
+    fs, root = url_to_fs(out.uri, settings.storage_options)
+    w = settings.working
     rows: list[dict[str, Any]] = []
     for row in batch.to_pylist():
         record = {k: v for k, v in row.items() if k != "output"}
-        record.update(sampler=settings.sampler, passes=settings.passes, image=None)
+        record.update(sampler=settings.sampling.sampler, passes=settings.sampling.passes, image=None)
         if row["status"] == "ok":
-            rel = image_relpath(row["id"], row["sample"], settings.image_format,
-                                row["t0"] if settings.sweep else None)
+            rel = settings.layout.image_path(row["id"], row["t0"], row["sample"])
             try:
-                data = encode_image(np.frombuffer(row["output"], np.uint8).reshape(shape),
-                                    settings.image_format, settings.quality)
+                data = encode_image(np.frombuffer(row["output"], np.uint8).reshape(w.height, w.width, w.channels),
+                                    out.format, out.quality)
                 write_atomic(fs, join_uri(root, rel), data)
-                record.update(width=settings.width, height=settings.height,
-                              image={"bytes": data, "path": rel} if settings.embed_images else rel)
+                record.update(width=w.width, height=w.height,
+                              image={"bytes": data, "path": rel} if out.embed_images else rel)
             except Exception as e:  # noqa: BLE001 - a failed write is this output's failure
-                record.update(status="error", error=f"write error: {type(e).__name__}: {e}")
+                failure = ItemError("write error", f"{type(e).__name__}: {e}")
+                record.update(status="error", error=failure.message, error_kind=failure.kind)
         rows.append(record)
-    return to_index_table(rows, settings.embed_images)
+    return to_index_table(rows, out.embed_images)
 
 
 class IndexDatasink(Datasink[None]):
