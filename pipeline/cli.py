@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a field, e.g. --set sampling.t0=0.4 (value parsed as YAML); repeatable")
         if name == "run":
             p.add_argument("--address", default=None,
-                           help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray instance)")
+                           help="Ray cluster address: 'auto' joins the cluster `ray start` made on this machine "
+                           "(default: $RAY_ADDRESS, else a private local Ray instance that joins nothing)")
             p.add_argument("--no-sheet", action="store_true", help="do not draw OUT/sheet.png")
             again = p.add_mutually_exclusive_group()
             again.add_argument("--resume", action="store_true",
@@ -115,6 +116,12 @@ def _validate(job: str, overrides: list[str]) -> int:
     return EXIT_OK
 
 
+def ray_address(given: str | None) -> str:
+    """--address, else $RAY_ADDRESS, else "local": a new private instance. Never Ray's own default,
+    which joins whatever instance already runs on the machine (and dies with it)."""
+    return given or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def _run(args: argparse.Namespace) -> int:
     again = ["output.if_exists=resume"] if args.resume else ["output.if_exists=overwrite"] if args.overwrite else []
     spec = _load(args.job, [*args.overrides, *again])
@@ -126,8 +133,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         if not ray.is_initialized():
-            address = args.address or os.environ.get("RAY_ADDRESS")
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=ray_address(args.address), logging_level=logging.WARNING)
         summary = run_job(spec, sheet=not args.no_sheet)
     except ValueError as e:  # SpecError, ManifestError, OutputExistsError: nothing ran
         _fail(f"{args.job}: cannot run", e)
@@ -219,7 +225,7 @@ def _tune(args: argparse.Namespace) -> int:
     try:
         plan = preflight(spec)
         if not ray.is_initialized():
-            ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
+            ray.init(address=ray_address(args.address), logging_level=logging.WARNING)
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # the probes, not Ray's progress, are the output
         work = sample_guides(spec, plan, args.sample, args.seed)
         print(f"tune-t0: {work.num_rows} item(s) drawn with seed {args.seed}; model {plan.label}; "
