@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from PIL import Image
+from sdedit_testing import SIZE  # the tiny model's sample size
 
 import pipeline.run
 from pipeline.actor import SDEditor
@@ -29,7 +30,6 @@ from pipeline.jobfile import build_spec
 from pipeline.run import run_job
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
-SIZE = 16  # the tiny model's sample size
 ACTOR_CPUS = 1.5  # more than half of a node's 2 CPUs: one actor per node
 
 

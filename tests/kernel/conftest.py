@@ -6,21 +6,11 @@ import sys
 
 import pytest
 import torch
+from sdedit_testing import tiny_unet  # the shared recipe; kernel tests import it from here
 
 sys.path.insert(0, os.path.dirname(__file__))
 # Tiny tensors: one thread is as fast, and immune to OpenMP barrier stalls on a busy 2-core machine.
 torch.set_num_threads(1)
-
-
-def tiny_unet(channels: int = 1, size: int = 16, seed: int = 0, **overrides):
-    from diffusers import UNet2DModel
-
-    torch.manual_seed(seed)
-    cfg = dict(sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
-               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-               layers_per_block=1, norm_num_groups=4)
-    cfg.update(overrides)
-    return UNet2DModel(**cfg).eval()
 
 
 def save_checkpoint(root, net, scheduler: dict, *, layout: str = "flat", weights: str = "safetensors"):

@@ -1,57 +1,20 @@
-"""Shared fixtures: one local Ray instance per session, a tiny score model, guides and manifests.
+"""Fixtures of the pipeline tests: guides, manifests, job specs and the reliability log.
 
-Ray starts once (it takes seconds); every end-to-end run shares it. The model is a tiny diffusers
-UNet2DModel (16x16, one channel) with a DDPM scheduler config, so a run takes seconds on a CPU.
+Ray (``ray_session``), the tiny score model (``tiny_model``: a diffusers folder, 16x16, one channel,
+a run takes seconds on a CPU) and ``SIZE`` come from tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
-
-SIZE = 16
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    import ray
-
-    if not ray.is_initialized():
-        # address="local": a new instance even when another Ray cluster runs on this machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2,
-                 logging_level="warning", configure_logging=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    yield
-    ray.shutdown()
-
-
-def build_tiny_model(folder: Path, channels: int = 1) -> Path:
-    import torch
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    net = UNet2DModel(
-        sample_size=SIZE, in_channels=channels, out_channels=channels, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        layers_per_block=1, norm_num_groups=4,
-    )
-    net.save_pretrained(folder, safe_serialization=True)
-    DDPMScheduler(clip_sample=False).save_config(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+from sdedit_testing import SIZE
 
 
 def _guide(seed: int, size: tuple[int, int] = (SIZE, SIZE)) -> Image.Image:
@@ -180,8 +143,3 @@ def record_outcome() -> Any:
                 f.write(json.dumps({"case": case, "outcome": outcome, "lost": lost, "duplicated": duplicated}) + "\n")
 
     return record
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Ray Data warns about its own deprecated DataContext fields whenever a context is copied.
-    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:ray.data.context")

@@ -3,7 +3,8 @@ while the rest of the job completes; a manifest that cannot be read stops the jo
 
 One run (JSON Lines, so NaN and huge integers reach the reader as such) holds every bad item next to
 good ones; each test checks one case from its index. Lost / duplicated are counted over every
-(id, sample) the manifest asks for: each must have exactly one index row.
+(id, sample) the manifest asks for: each must have exactly one index row. The tests that read that
+run are ``slow``; the decoding checks and the bad manifests (which stop before any work) are not.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from sdedit_testing import SIZE  # the tiny model's sample size
 
 from pipeline.cli import main
 from pipeline.decode import DecodeSettings, guide_pixels, load_image, mask_bits
@@ -27,7 +29,6 @@ from pipeline.jobfile import build_spec
 from pipeline.run import run_job
 
 pytestmark = pytest.mark.usefixtures("ray_session")
-SIZE = 16
 MAX_PIXELS = 5000
 UNSAFE_IDS = ["a/b", "../../escape", "..", "/etc/passwd", "Ünïcode ✓ id", "x" * 300, "CON", "tab\tand\nnewline"]
 
@@ -47,7 +48,8 @@ def _save(img: Image.Image, path: Path, fmt: str = "PNG") -> str:
 
 
 @pytest.fixture(scope="module")
-def bad_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, job_data: Any) -> dict[str, Any]:
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The bad files, the manifest that lists them next to good ones, and an empty sandbox for OUT."""
     root = tmp_path_factory.mktemp("bad")
     d = root / "in"
     d.mkdir()
@@ -117,12 +119,18 @@ def bad_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, job_data
     out = sandbox / "out"
     sandbox.mkdir()
     (sandbox / "neighbour.txt").write_text("must stay alone")
-    data = job_data(tiny_model, manifest, out, input={"max_pixels": MAX_PIXELS},
+    return {"manifest": manifest, "out": out, "sandbox": sandbox, "ids": [r["id"] for r in rows], "dir": d}
+
+
+@pytest.fixture(scope="module")
+def bad_run(bad_inputs: dict[str, Any], tiny_model: Path, job_data: Any) -> dict[str, Any]:
+    """The job over ``bad_inputs``' manifest, and its index."""
+    out = bad_inputs["out"]
+    data = job_data(tiny_model, bad_inputs["manifest"], out, input={"max_pixels": MAX_PIXELS},
                     resources={"batch_size": 8}, output={"sheet_items": 0})
     summary = run_job(build_spec(data))
     df = pd.read_parquet(out / "index")
-    return {"summary": summary, "df": df, "by_id": df.set_index(["id", "sample"]), "out": out,
-            "sandbox": sandbox, "ids": [r["id"] for r in rows], "dir": d}
+    return {**bad_inputs, "summary": summary, "df": df, "by_id": df.set_index(["id", "sample"])}
 
 
 def _row(bad_run: dict[str, Any], item_id: str) -> Any:
@@ -134,6 +142,7 @@ def _lost_dup(bad_run: dict[str, Any], item_id: str) -> tuple[int, int]:
     return 2 - rows["sample"].nunique(), len(rows) - rows["sample"].nunique()
 
 
+@pytest.mark.slow
 def test_the_job_completes_with_every_row_exactly_once(bad_run: dict[str, Any]) -> None:
     df = bad_run["df"]
     assert bad_run["summary"].exit_code == 3  # some items failed: a scheduler notices
@@ -169,6 +178,7 @@ ERRORS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("item_id, reason, detail, case", ERRORS, ids=[e[0] for e in ERRORS])
 def test_bad_item_is_an_error_row_with_its_reason(bad_run: dict[str, Any], item_id: str, reason: str,
                                                   detail: str, case: str, record_outcome: Any) -> None:
@@ -189,6 +199,7 @@ CONVERTED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("item_id, note, case", CONVERTED, ids=[c[0] for c in CONVERTED])
 def test_convertible_item_is_converted_and_stated(bad_run: dict[str, Any], item_id: str, note: str | None,
                                                   case: str, record_outcome: Any) -> None:
@@ -202,9 +213,9 @@ def test_convertible_item_is_converted_and_stated(bad_run: dict[str, Any], item_
     record_outcome(case, f"converted, ok rows{said}", *_lost_dup(bad_run, item_id))
 
 
-def test_conversions_are_sound(bad_run: dict[str, Any]) -> None:
+def test_conversions_are_sound(bad_inputs: dict[str, Any]) -> None:
     """Pixels, not just notes: 16-bit is scaled (Pillow would clip to white), alpha is composited."""
-    d, settings = bad_run["dir"], DecodeSettings(channels=1, height=SIZE, width=SIZE, policy="resize",
+    d, settings = bad_inputs["dir"], DecodeSettings(channels=1, height=SIZE, width=SIZE, policy="resize",
                                                   t0=0.1, seed=0, samples=1)
     sixteen = guide_pixels(load_image(str(d / "16bit.png"), {}, "guide"), settings)[..., 0]
     expected = (np.arange(SIZE * SIZE).reshape(SIZE, SIZE) * 257 + 128) // 257
@@ -219,6 +230,7 @@ def test_conversions_are_sound(bad_run: dict[str, Any]) -> None:
                      "(>= 128 regenerate)"]
 
 
+@pytest.mark.slow
 def test_unsafe_ids_get_safe_names_inside_out(bad_run: dict[str, Any], record_outcome: Any) -> None:
     df, out, sandbox = bad_run["df"], bad_run["out"], bad_run["sandbox"]
     images = (out / "images").resolve()
@@ -238,37 +250,36 @@ def test_unsafe_ids_get_safe_names_inside_out(bad_run: dict[str, Any], record_ou
                    "nothing written outside OUT", lost, dup)
 
 
-def _manifest_cases(d: Path) -> list[tuple[str, str, str]]:
-    (d / "empty.csv").write_bytes(b"")
-    (d / "header-only.csv").write_text("id,guide\n")
-    (d / "garbage.parquet").write_bytes(b"PAR1 but not really")
-    (d / "latin1.csv").write_bytes("id,guide\nä,x.png\n".encode("latin-1"))
-    (d / "no-guide.csv").write_text("id,image\na,x.png\n")
-    (d / "no-guide.jsonl").write_text('{"id": "a", "image": "x.png"}\n')
-    (d / "dup.csv").write_text("id,guide\na,x.png\nb,y.png\na,z.png\nb,w.png\n")
-    return [
-        ("missing.csv", "missing.csv does not exist", "manifest that does not exist"),
-        ("empty.csv", "empty.csv is empty", "empty manifest file (0 bytes)"),
-        ("header-only.csv", "header-only.csv has no rows", "manifest with a header and no rows"),
-        ("garbage.parquet", "garbage.parquet: cannot read: ArrowInvalid", "unreadable manifest (not Parquet)"),
-        ("latin1.csv", "latin1.csv: cannot read: UnicodeDecodeError", "unreadable manifest (not UTF-8)"),
-        ("no-guide.csv", "no-guide.csv lacks column(s) guide", "manifest without the guide column"),
-        ("no-guide.jsonl", "no-guide.jsonl lacks column(s) guide", "JSON Lines manifest without guide"),
-        ("dup.csv", "duplicate ids 'a', 'b'", "duplicate ids"),
-    ]
+# (file, its content, the message, the case): contents are bytes; None means no file at all.
+BAD_MANIFESTS = [
+    ("missing.csv", None, "missing.csv does not exist", "manifest that does not exist"),
+    ("empty.csv", b"", "empty.csv is empty", "empty manifest file (0 bytes)"),
+    ("header-only.csv", b"id,guide\n", "header-only.csv has no rows", "manifest with a header and no rows"),
+    ("garbage.parquet", b"PAR1 but not really", "garbage.parquet: cannot read: ArrowInvalid",
+     "unreadable manifest (not Parquet)"),
+    ("latin1.csv", "id,guide\nä,x.png\n".encode("latin-1"), "latin1.csv: cannot read: UnicodeDecodeError",
+     "unreadable manifest (not UTF-8)"),
+    ("no-guide.csv", b"id,image\na,x.png\n", "no-guide.csv lacks column(s) guide", "manifest without the guide column"),
+    ("no-guide.jsonl", b'{"id": "a", "image": "x.png"}\n', "no-guide.jsonl lacks column(s) guide",
+     "JSON Lines manifest without guide"),
+    ("dup.csv", b"id,guide\na,x.png\nb,y.png\na,z.png\nb,w.png\n", "duplicate ids 'a', 'b'", "duplicate ids"),
+]
 
 
+@pytest.mark.parametrize("name, content, message, case", BAD_MANIFESTS, ids=[m[0] for m in BAD_MANIFESTS])
 def test_bad_manifests_stop_before_any_work(tmp_path: Path, tiny_model: Path, job_data: Any,
-                                            capsys: pytest.CaptureFixture, record_outcome: Any) -> None:
-    for name, message, case in _manifest_cases(tmp_path):
-        out = tmp_path / f"out-{name}"
-        job = tmp_path / "job.yaml"
-        job.write_text(yaml.safe_dump(job_data(tiny_model, tmp_path / name, out)))
-        assert main(["run", str(job)]) == 2, name
-        err = capsys.readouterr().err
-        assert "cannot run" in err and "input.manifest" in err and message in err, err
-        assert not (out / "index").exists() and not (out / "images").exists(), name
-        record_outcome(case, f"stops before any work, exit 2: `input.manifest: ... {message}`", 0, 0)
+                                            capsys: pytest.CaptureFixture, record_outcome: Any, name: str,
+                                            content: bytes | None, message: str, case: str) -> None:
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    out = tmp_path / f"out-{name}"
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(job_data(tiny_model, tmp_path / name, out)))
+    assert main(["run", str(job)]) == 2, name
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "input.manifest" in err and message in err, err
+    assert not (out / "index").exists() and not (out / "images").exists(), name
+    record_outcome(case, f"stops before any work, exit 2: `input.manifest: ... {message}`", 0, 0)
 
 
 def test_oversized_file_is_refused_from_its_size_unread(tmp_path: Path) -> None:

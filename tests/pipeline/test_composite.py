@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from PIL import Image
+from sdedit_testing import SIZE  # the tiny model's sample size
 
 from pipeline.compose import composite, fit_region, grow, place
 from pipeline.decode import DecodeSettings, decode_batch
@@ -19,7 +20,6 @@ from pipeline.jobfile import build_spec
 from pipeline.manifest import missing_columns, normalize_batch
 from pipeline.run import run_job
 
-SIZE = 16  # the tiny model's sample size (conftest)
 BASE = 60
 
 
@@ -236,6 +236,7 @@ def test_whole_mask_and_a_rows_own_mask(composite_dir: Path) -> None:
     assert bits[:, :3].all() and bits.sum() == 3 * SIZE and "the row's mask" in own["notes"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_composite_end_to_end(tmp_path: Path, composite_dir: Path, tiny_model: Path, job_data: Any,
                               write_manifest: Any, record_outcome: Any) -> None:

@@ -19,16 +19,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
+from sdedit_testing import SIZE  # the tiny model's sample size
 
 from pipeline.cli import main
 from pipeline.index import INDEX_COLUMNS
 from pipeline.jobfile import build_spec
 from pipeline.run import run_job
 
-SIZE = 16  # the tiny model's sample size (conftest)
 GOOD_ITEMS = ["plain-0", "plain-1", "odd-size", "masked", "override"]
 SECRET = "s3cr3t-Value-42"
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
 
 def _images(out: Path, df: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
@@ -134,7 +134,9 @@ def test_per_item_overrides(csv_run: dict[str, Any]) -> None:
 def test_kept_region_is_preserved_exactly(csv_run: dict[str, Any], data_dir: Path) -> None:
     df = csv_run["df"]
     guide = np.asarray(Image.open(data_dir / "img" / "g3.png"))
-    for row in df[df.id == "masked"].itertuples():
+    masked = df[df.id == "masked"].sort_values("sample")
+    assert list(masked["sample"]) == [0, 1] and (masked.status == "ok").all(), masked.error.tolist()
+    for row in masked.itertuples():
         out = np.asarray(Image.open(csv_run["out"] / row.image))
         np.testing.assert_array_equal(out[:, : SIZE // 2], guide[:, : SIZE // 2])  # mask 0 / grey 100
         assert not np.array_equal(out[:, SIZE // 2:], guide[:, SIZE // 2:])  # edited half changed

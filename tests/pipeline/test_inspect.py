@@ -27,6 +27,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_di
     return out
 
 
+@pytest.mark.slow
 def test_inspect_json(finished: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (finished / "sheet.png").unlink()  # inspect draws a missing sheet
     assert main(["inspect", str(finished), "--json"]) == 0
@@ -45,6 +46,7 @@ def test_inspect_json(finished: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert set(report["files"]) == {"sheet", "sweep", "plot"} and (finished / "sheet.png").is_file()
 
 
+@pytest.mark.slow
 def test_inspect_text(finished: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(finished)]) == 0
     text = capsys.readouterr().out

@@ -66,6 +66,7 @@ def test_kuberay_rayjob() -> None:
     assert job_file.resources.num_gpus == 1 and job_file.resources.actors.max == gpu["maxReplicas"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_rerun_of_a_finished_job_writes_nothing(tmp_path: Path, tiny_model: Path, data_dir: Path,
                                                 job_data: Any, manifest_rows: Any, write_manifest: Any,

@@ -48,6 +48,7 @@ def test_bad_options_name_their_field(sections: dict[str, Any], field: str, word
     assert any(f.startswith(field) and words in message for f, message in problems), problems
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_job_with_autocast_channels_last_and_auto_batch(
         tmp_path: Path, tiny_model: Path, data_dir: Path, job_data: Any) -> None:

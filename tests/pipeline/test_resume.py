@@ -33,6 +33,7 @@ def _manifest(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_data: Any,
                           record_outcome: Any) -> None:
     import ray

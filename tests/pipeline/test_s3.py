@@ -60,6 +60,7 @@ def _index(fs: Any, out_uri: str, options: dict[str, str]) -> Any:
     return read_index(out_uri, options).to_pandas()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_s3_in_and_out(s3: tuple[Any, dict[str, str], str], tiny_model: Path, data_dir: Path, job_data: Any,
                        manifest_rows: Any, write_manifest: Any, tmp_path: Path) -> None:
@@ -84,6 +85,7 @@ def test_s3_in_and_out(s3: tuple[Any, dict[str, str], str], tiny_model: Path, da
     assert json.loads(record)["spec"]["storage_options"]["endpoint_url"] == options["endpoint_url"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_everything_on_s3_then_resume(s3: tuple[Any, dict[str, str], str], tiny_model: Path, data_dir: Path,
                                       job_data: Any, manifest_rows: Any, write_manifest: Any,

@@ -59,6 +59,7 @@ def test_malicious_pickle_checkpoint_never_runs(tmp_path: Path, tiny_model: Path
                    "work, exit 2 (`refused: not a plain tensor checkpoint`); the payload never runs", 0, 0)
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_outputs_console_or_logs(tmp_path: Path, tiny_model: Path, data_dir: Path,
                                                      job_data: Any, capsys: pytest.CaptureFixture,
                                                      caplog: pytest.LogCaptureFixture,

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+from sdedit_testing import SIZE  # the tiny model's sample size
 
 from pipeline.actor import ModelSettings, SDEditor
 from pipeline.decode import DecodeSettings, decode_batch, fit_image, mask_bits
@@ -19,8 +20,6 @@ from pipeline.naming import image_relpath, safe_stem
 from pipeline.redact import REDACTED, redact, redact_argv, strip_userinfo
 from pipeline.storage import resolve_relative, write_atomic
 from pipeline.write import WriteSettings, encode_image, write_batch
-
-SIZE = 16
 
 
 def _settings(**kw: Any) -> DecodeSettings:

@@ -12,14 +12,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from PIL import Image
+from sdedit_testing import SIZE  # the tiny model's sample size
 
 from pipeline.compose import difference
 from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.jobfile import build_spec
 from pipeline.manifest import normalize_batch
 from pipeline.run import run_job
-
-SIZE = 16  # the tiny model's sample size (conftest)
 
 
 def _diff(before: np.ndarray, after: np.ndarray, threshold: int, mode: str = "L") -> np.ndarray:
@@ -105,6 +104,7 @@ def test_decode_derives_grows_and_records_the_mask(stroke_dir: Path, tmp_path: P
     assert rows["bad-own"]["error"] == "bad override: threshold=255 must be between 0 and 254"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_stroke_edit_end_to_end_and_resume(tmp_path: Path, stroke_dir: Path, tiny_model: Path, job_data: Any,
                                            write_manifest: Any, record_outcome: Any) -> None:

@@ -66,6 +66,7 @@ def sweep_job(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_d
     return {"data": data, "out": out, "summary": summary, "index": pd.read_parquet(out / "index")}
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_item_at_every_t0(sweep_job: dict[str, Any]) -> None:
     index, summary = sweep_job["index"], sweep_job["summary"]
     expected = {(i, t0, s) for i in ("plain-0", "plain-1") for t0 in SWEEP for s in range(2)}
@@ -75,6 +76,7 @@ def test_sweep_runs_every_item_at_every_t0(sweep_job: dict[str, Any]) -> None:
     assert summary.exit_code == 0 and summary.outputs == len(expected) and summary.items == 3
 
 
+@pytest.mark.slow
 def test_sweep_seeds_equal_across_t0_and_names_unique(sweep_job: dict[str, Any]) -> None:
     index, out = sweep_job["index"], sweep_job["out"]
     seeds = index.groupby(["id", "sample"]).seed.nunique()
@@ -90,6 +92,7 @@ def test_sweep_seeds_equal_across_t0_and_names_unique(sweep_job: dict[str, Any])
     assert plain.faithfulness_l2.iloc[0] < plain.faithfulness_l2.iloc[1]  # t0 0.1 stays closer than 0.3
 
 
+@pytest.mark.slow
 def test_sweep_sheet_and_plot(sweep_job: dict[str, Any]) -> None:
     from pipeline.sheet import HEADER_H, LABEL_W, TILE
 
@@ -102,6 +105,7 @@ def test_sweep_sheet_and_plot(sweep_job: dict[str, Any]) -> None:
     assert (out / "sheet.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_of_a_sweep_redoes_exactly_the_missing_output(sweep_job: dict[str, Any]) -> None:
     out, data = sweep_job["out"], sweep_job["data"]
     gone = image_relpath("plain-1", 1, "png", 0.3)

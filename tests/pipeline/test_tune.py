@@ -66,6 +66,7 @@ def test_tuned_copy_keeps_comments_and_sets_only_t0(tmp_path: Path) -> None:
     assert yaml.safe_load(out.read_text())["sampling"] == {"t0": 0.25, "steps": 5}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_tune_on_the_bundled_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The paper's practice end to end: the chosen t0, rerun on the same sample, gives the target L2."""

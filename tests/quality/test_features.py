@@ -25,9 +25,8 @@ def test_shipped_files_and_card():
     weights = DEFAULT_CLASSIFIER_DIR / WEIGHTS_NAME
     assert weights.stat().st_size <= 2_000_000
     config = json.loads((DEFAULT_CLASSIFIER_DIR / CONFIG_NAME).read_text())
-    assert config["test_accuracy"] >= 0.90
     card = (DEFAULT_CLASSIFIER_DIR / "CARD.md").read_text()
-    stated = re.search(r"Test-split accuracy: ([0-9.]+)%", card)
+    stated = re.search(r"Test-split accuracy: ([0-9.]+)%", card)  # measured below, on part of the split
     assert stated and float(stated.group(1)) == pytest.approx(100 * config["test_accuracy"], abs=0.005)
     # not config.json: that would list the classifier as a bundled score model
     assert not (DEFAULT_CLASSIFIER_DIR / "config.json").exists()
@@ -48,11 +47,17 @@ def test_loads_and_gives_features_and_logits():
 
 @pytest.mark.skipif(not DEFAULT_ROOT.exists(), reason="Fashion-MNIST not installed")
 def test_accuracy_on_part_of_the_test_split():
+    """The card's accuracy (10,000 test images) is what the shipped weights give, within the sampling
+    error of 1,000 of them (4 binomial standard errors, 3.5 points); and at least 90%."""
+    claimed = json.loads((DEFAULT_CLASSIFIER_DIR / CONFIG_NAME).read_text())["test_accuracy"]
     images, labels = load_split("test")
     model = load_classifier()
+    n = 1000
     with torch.inference_mode():
-        pred = model(torch.from_numpy(images[:1000].copy()).float().div(255).unsqueeze(1)).argmax(1).numpy()
-    assert (pred == labels[:1000]).mean() > 0.87
+        pred = model(torch.from_numpy(images[:n].copy()).float().div(255).unsqueeze(1)).argmax(1).numpy()
+    measured = (pred == labels[:n]).mean()
+    assert abs(measured - claimed) < 4 * np.sqrt(claimed * (1 - claimed) / n), (measured, claimed)
+    assert measured >= 0.90
     # standardised features of real images are of order one, as the cubic kernel wants
     f = extract_features(model, images[:500])
     assert abs(f.mean()) < 0.3 and 0.5 < f.std() < 2.0
