@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pipeline.compose import build_inputs, record_inputs
 from pipeline.errors import ItemError
-from pipeline.images import WorkingSize, guide_pixels, load_image, mask_bits, short_reason
+from pipeline.images import WorkingSize, guide_pixels, load_image, mask_bits, open_image, short_reason
 from pipeline.naming import OutputLayout
 from pipeline.redact import strip_userinfo
 from pipeline.rows import INPUT_COLUMNS, WORK_SCHEMA
@@ -41,6 +41,7 @@ class DecodeSettings:
     done: frozenset[tuple[str, float | None, int]] = field(default=frozenset(), repr=False)
     out_uri: str | None = None  # where built guides and masks are recorded (OUT/inputs/); None: nowhere
     out_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
+    conditional: bool = False  # a class-conditional model: rows carry label and guidance_scale
 
 
 def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
@@ -50,15 +51,22 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
     for row in batch.to_pylist():
         samples = row["samples"] or sampling.samples
         seed = row["seed"] if row["seed"] is not None else sampling.seed
-        # A per-item t0 overrides the job's t0, a sweep included: that item runs once, at its own t0.
-        t0s = [row["t0"]] if row["t0"] is not None else list(sampling.t0_values)
-        todo = [(t0, s) for t0 in t0s for s in range(samples)
-                if settings.layout.key(row["id"], t0, s) not in settings.done]
+        generator_seeds = [seed_for(seed, row["id"], s) for s in range(samples)]
+        if row["t0"] is not None:  # a per-item t0 overrides the job's, a sweep included: one t0
+            pairs = [(row["t0"], s) for s in range(samples)]
+        elif sampling.t0_mode == "sweep":  # every output at every t0, t0 by t0
+            pairs = [(t0, s) for t0 in sampling.t0_values for s in range(samples)]
+        else:
+            pairs = [(t0, s) for s in range(samples) for t0 in sampling.t0s_for(s, generator_seeds[s])]
+        todo = [(t0, s) for t0, s in pairs if settings.layout.key(row["id"], t0, s) not in settings.done]
         if not todo:
             continue
         pixels = edit_mask = None
         error, error_kind = row["error"], row["error_kind"]
         notes: list[str] = []
+        guidance = None
+        if settings.conditional:
+            guidance = row["guidance_scale"] if row["guidance_scale"] is not None else sampling.guidance_scale
         record = {name: strip_userinfo(row[name]) if row.get(name) else None for name in INPUT_COLUMNS}
         record["workflow"] = row.get("workflow") or "guide"
         if error is None:
@@ -71,12 +79,13 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
                 error, error_kind = failure.message, failure.kind
         for t0, sample in todo:
             values = {
-                "id": row["id"], "sample": sample, "t0": t0, "seed": seed,
+                "id": row["id"], "sample": sample, "t0": t0, "seed": seed, "label": row["label"],
+                "label_name": row["label_name"], "guidance_scale": guidance,
                 "guide": strip_userinfo(row["guide"]) if row["guide"] else None,
                 "mask": strip_userinfo(row["mask"]) if row["mask"] else None,
                 # Not seeded by t0: every t0 of a sweep starts from the same noise, so a sweep's
                 # outputs of one (id, sample) differ only by t0.
-                "generator_seed": seed_for(seed, row["id"], sample),
+                "generator_seed": generator_seeds[sample],
                 "pixels": pixels, "edit_mask": edit_mask,
                 "status": "ok" if error is None else "error", "error": error, "error_kind": error_kind,
                 "notes": "; ".join(notes) or None, **record,
@@ -90,14 +99,21 @@ def _item_inputs(row: Mapping[str, Any], record: dict[str, Any], settings: Decod
                  notes: list[str]) -> tuple[bytes, bytes | None]:
     """Guide pixels and edit mask bits of one item; built ones are recorded (paths into ``record``)."""
     options, limit = settings.storage_options, settings.input.max_pixels
-    if record["workflow"] == "guide":
+    if record["workflow"] == "guide" and row["guide_bytes"] is None:
         guide_img = load_image(row["guide"], options, "guide", limit)
         pixels = guide_pixels(guide_img, settings.working, notes)
         if not row["mask"]:
             return pixels.tobytes(), None
         mask_img = load_image(row["mask"], options, "mask", limit)
         return pixels.tobytes(), mask_bits(mask_img, guide_img.size, settings.working, notes).tobytes()
-    pixels, bits = build_inputs(row, settings.input, settings.working, options, notes)
+    if record["workflow"] == "guide":  # embedded in the manifest: recorded under OUT/inputs/ like a built one
+        guide_img = open_image(row["guide_bytes"], "manifest image column", "guide", limit)
+        pixels = guide_pixels(guide_img, settings.working, notes)
+        bits = None
+        if row["mask"]:
+            bits = mask_bits(load_image(row["mask"], options, "mask", limit), guide_img.size, settings.working, notes)
+    else:
+        pixels, bits = build_inputs(row, settings.input, settings.working, options, notes)
     if settings.out_uri is not None:
         try:
             record["built_guide"], record["built_mask"] = record_inputs(

@@ -122,10 +122,14 @@ class Editor:
         rng_device = self.model.device if self.model.device.type == "cuda" else torch.device("cpu")
         generators = [torch.Generator(device=rng_device).manual_seed(rows[i]["generator_seed"]) for i in indices]
         steps = resolve_steps(self.model, t0, s.steps, s.sampler)
+        condition: dict[str, Any] = {}
+        if self.model.classes is not None:  # each item its own label (None: unlabelled) and guidance scale
+            condition = {"labels": [rows[i]["label"] for i in indices],
+                         "guidance_scale": [rows[i]["guidance_scale"] for i in indices]}
         start = time.perf_counter()
         edited = sdedit(
             self.model, self._to_device(guide), t0=t0, steps=s.steps, sampler=s.sampler,
-            edit_mask=edit_mask, passes=s.passes, generator=generators, **dict(s.options),
+            edit_mask=edit_mask, passes=s.passes, generator=generators, **condition, **dict(s.options),
         )
         per_item_ms = (time.perf_counter() - start) * 1000.0 / len(indices)
         out_u8 = edited.float().clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -146,4 +150,5 @@ def probe_batch_size(settings: EditSettings, limit: int = 1024) -> int:
     editor = Editor(replace(settings, model=settings.model.model_copy(update={"compile": "off"})))
     editor.model.sample_size = (settings.working.height, settings.working.width)  # the job's working size
     cap = limit if editor.model.device.type == "cuda" else min(limit, 256)
-    return choose_batch_size(editor.model, limit=cap)
+    guided = editor.model.classes is not None and settings.sampling.guidance_scale != 1
+    return choose_batch_size(editor.model, limit=cap, guided=guided)

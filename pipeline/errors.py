@@ -15,7 +15,7 @@ KINDS = (
     "bad guide", "bad mask", "bad base", "bad overlay", "bad overlay mask", "bad original", "bad edited",
     "unreadable guide", "unreadable mask", "unreadable base", "unreadable overlay", "unreadable overlay mask",
     "unreadable original", "unreadable edited",
-    "bad row", "bad override", "bad composite", "bad stroke edit",
+    "bad row", "bad override", "bad label", "bad composite", "bad stroke edit",
     "decode error", "write error", "bad parameters", "model error", "worker crash",
 )
 

@@ -63,8 +63,7 @@ def load_image(uri: str, options: Mapping[str, Any], what: str,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read and decode one image; raises :class:`ItemError` (missing / unreadable / bad ``what``).
 
-    The pixel count is checked from the header, before any pixel is decoded: a small file that
-    claims a huge image (a decompression bomb) never reaches memory. A file is never read beyond
+    A file is never read beyond
     what an image within the limit can take (:data:`BYTES_PER_PIXEL` per pixel, uncompressed 16-bit
     RGBA, plus 1 MiB of headers): a multi-gigabyte file is refused from its size, unread.
     """
@@ -79,6 +78,15 @@ def load_image(uri: str, options: Mapping[str, Any], what: str,
         raise ItemError(f"missing {what}", f"{shown} not found") from None
     except Exception as e:  # noqa: BLE001 - any storage failure is this item's failure
         raise ItemError(f"unreadable {what}", f"{shown}: {type(e).__name__}: {short_reason(e)}") from None
+    return open_image(data, shown, what, max_pixels)
+
+
+def open_image(data: bytes, shown: str, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode one image's file bytes (``shown`` names them in errors); raises :class:`ItemError`.
+
+    The pixel count is checked from the header, before any pixel is decoded: a small file that
+    claims a huge image (a decompression bomb) never reaches memory.
+    """
     if not data:
         raise ItemError(f"bad {what}", f"{shown}: empty file (0 bytes)")
     try:

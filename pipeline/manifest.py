@@ -24,12 +24,14 @@ from pipeline.errors import ItemError
 from pipeline.rows import MANIFEST_SCHEMA, READ_COLUMNS, URI_COLUMNS
 from pipeline.spec import OVERRIDES
 from pipeline.storage import absolute_uri, arrow_filesystem, is_local, resolve_relative, url_to_fs
+from sdedit_kernel import ClassLabels
 
 # A row gives its guide in exactly one of these ways (docs/workflows.md); the manifest needs an id
 # and the columns of at least one of them.
 WORKFLOW_COLUMNS = {"guide": ("guide",), "composite": ("base", "overlay"), "stroke_edit": ("original", "edited")}
 _OPTIONAL = {"composite": ("overlay_mask", "x", "y", "scale"), "stroke_edit": ()}
-_NOT_A_WAY = ("id", "t0", "seed", "samples", "mask", "margin", "threshold")  # columns any way may carry
+_NOT_A_WAY = ("id", "t0", "seed", "samples", "mask", "margin", "threshold", "label",  # columns any way may carry
+              "guidance_scale")
 _FORMATS = {
     "parquet": (".parquet", ".pq"),
     "csv": (".csv", ".csv.gz", ".tsv"),
@@ -43,10 +45,10 @@ class ManifestError(ValueError):
 
 def missing_columns(columns: list[str]) -> list[str]:
     """What a manifest's columns lack: ``id``, and the columns of at least one way to give guides."""
-    have = set(columns)
+    have = set(columns) | ({"guide"} if "image" in columns else set())  # an image column gives guides
     missing = [] if "id" in have else ["id"]
     if not any(set(needed) <= have for needed in WORKFLOW_COLUMNS.values()):
-        missing.append("guide (or base + overlay, or original + edited)")
+        missing.append("guide (or image, or base + overlay, or original + edited)")
     return missing
 
 
@@ -84,16 +86,21 @@ def peek_columns(uri: str, fmt: str, options: Mapping[str, Any]) -> list[str] | 
     return list(row) if isinstance(row, dict) else []
 
 
-def read_manifests(uris: list[str], declared_format: str, options: Mapping[str, Any]) -> ray.data.Dataset:
-    """All manifests as one materialised, normalised dataset; raises :class:`ManifestError`."""
-    parts = [_read_one(absolute_uri(uri), manifest_format(uri, declared_format), options) for uri in uris]
+def read_manifests(uris: list[str], declared_format: str, options: Mapping[str, Any],
+                   classes: ClassLabels | None = None) -> ray.data.Dataset:
+    """All manifests as one materialised, normalised dataset; raises :class:`ManifestError`.
+
+    ``classes``: the model's labels (class-conditional models); a row's ``label`` is resolved against
+    them (an index or a class name), and a label no class matches makes the row an error row.
+    """
+    parts = [_read_one(absolute_uri(uri), manifest_format(uri, declared_format), options, classes) for uri in uris]
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     ds = ds.materialize()
     _check_ids(ds)
     return ds
 
 
-def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Dataset:
+def _read_one(uri: str, fmt: str, options: Mapping[str, Any], classes: ClassLabels | None) -> ray.data.Dataset:
     fs, path = url_to_fs(uri, options)
     if not fs.exists(path):
         raise ManifestError(f"input.manifest: {uri} does not exist")
@@ -104,7 +111,7 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
     }
     if fmt == "parquet":
         raw = ray.data.read_parquet(path, **common)
-        wanted = [*READ_COLUMNS, "path"]  # read only what is used (manifests may be wide)
+        wanted = [*READ_COLUMNS, "image", "path"]  # read only what is used (manifests may be wide)
         keep = [c for c in raw.schema().names if c in wanted]
         raw = raw.select_columns(keep) if keep else raw
     elif fmt == "csv":
@@ -113,7 +120,7 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
         # Only an empty cell is "no value": pyarrow's default null words ("NA", "null", "nan"...) would
         # turn an id "NA" into a missing id and an explicit "nan" t0 into no override.
         convert = pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in ("id", *URI_COLUMNS)}, strings_can_be_null=True,
+            column_types={c: pa.string() for c in ("id", "label", "image", *URI_COLUMNS)}, strings_can_be_null=True,
             null_values=[""],
         )
         parse = pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
@@ -131,17 +138,19 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any]) -> ray.data.Datase
         shown = ", ".join(columns)
         raise ManifestError(f"input.manifest: {uri} lacks column(s) {', '.join(missing)} (has: {shown})")
     kwargs = {"fs": None if is_local(fs) else fs, "json_lines": fmt == "jsonl",
-              "base": None if fs.isdir(path) else uri}
+              "base": None if fs.isdir(path) else uri, "classes": classes}
     return raw.map_batches(normalize_batch, batch_format="pyarrow", fn_kwargs=kwargs,
                            udf_modifying_row_count=False)
 
 
 def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
-                    base: str | None = None) -> pa.Table:
+                    base: str | None = None, classes: ClassLabels | None = None) -> pa.Table:
     """Raw manifest rows -> :data:`MANIFEST_SCHEMA` rows (a plain function: runs as a Ray task).
 
     ``base``: the manifest URI every relative guide / mask URI resolves against; None: each row's
     own file, from the ``path`` column Ray adds when reading a folder (``fs`` restores its scheme).
+    An ``image`` column (as Hugging Face ``datasets`` writes it: struct{bytes, path}, or plain bytes)
+    gives each row's guide embedded; a string ``image`` is a guide URI.
     """
     paths = [base] * batch.num_rows if base is not None else batch.column("path").to_pylist()
     if json_lines:
@@ -150,15 +159,21 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
     else:
         columns = {name: batch.column(name).to_pylist() if name in batch.column_names else [None] * len(paths)
                    for name in READ_COLUMNS}
+    images = (records and [r.get("image") for r in records]) if json_lines else (
+        batch.column("image").to_pylist() if "image" in batch.column_names else [None] * len(paths))
     out: dict[str, list[Any]] = {name: [] for name in MANIFEST_SCHEMA.names}
     for i, file_path in enumerate(paths):
         row_base = file_path if base is not None or fs is None else fs.unstrip_protocol(file_path)
         problems: list[ItemError] = []
+        embedded = _embedded_image(images[i], columns, i, problems)
+        out["guide_bytes"].append(embedded)
         out["id"].append(_id_text(columns["id"][i]))
         for name in URI_COLUMNS:
             uri = _text(columns[name][i])
             out[name].append(resolve_relative(row_base, uri) if uri else None)
         given = {name for name in READ_COLUMNS if name not in _NOT_A_WAY and not _missing(columns[name][i])}
+        if embedded is not None:
+            given.add("guide")
         workflow = _workflow(given, problems)
         out["workflow"].append(workflow)
         for name in ("margin", "threshold"):
@@ -168,8 +183,11 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
         if out["threshold"][-1] is not None and workflow != "stroke_edit":
             problems.append(ItemError("bad override",
                                       "threshold applies to stroke-edit rows (original + edited) only"))
-        for name in ("x", "y", "scale", "t0", "seed", "samples"):
+        for name in ("x", "y", "scale", "t0", "seed", "samples", "guidance_scale"):
             out[name].append(_override(name, columns[name][i], problems))
+        label, name = _label(columns["label"][i], classes, problems)
+        out["label"].append(label)
+        out["label_name"].append(name)
         out["error"].append("; ".join(p.message for p in problems) or None)
         out["error_kind"].append(problems[0].kind if problems else None)
     return pa.Table.from_pydict(out, schema=MANIFEST_SCHEMA)
@@ -196,6 +214,53 @@ def _workflow(given: set[str], problems: list[ItemError]) -> str:
 
 
 _INTEGER = ("seed", "samples", "margin", "threshold")
+
+
+def _embedded_image(value: Any, columns: dict[str, list[Any]], i: int, problems: list[ItemError]) -> bytes | None:
+    """A row's ``image`` cell: encoded bytes (returned), or a URI string (moved into its guide cell)."""
+    if not isinstance(value, dict | bytes) and _missing(value):
+        return None
+    data, uri = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (
+        (value, None) if isinstance(value, bytes) else (None, str(value)))
+    if not data and not uri:
+        return None
+    if not _missing(columns["guide"][i]):
+        problems.append(ItemError("bad row", "it gives both guide and image; give one"))
+        return None
+    if data:
+        return bytes(data)
+    columns["guide"][i] = uri
+    return None
+
+
+def _label(value: Any, classes: ClassLabels | None, problems: list[ItemError]) -> tuple[int | None, str | None]:
+    """A row's label as the model's class index (and its name), from an index or a class name.
+
+    Empty: unlabelled, which runs the unconditional model (the null label) where the model has one.
+    """
+    if _missing(value):
+        if classes is not None and classes.null_label is None:
+            problems.append(ItemError("bad label", "the row has no label and the model has no null label "
+                                      "(no unconditional evaluation): give every row a label"))
+        return None, None
+    if classes is None:
+        problems.append(ItemError("bad label", f"label {value!r} given, but the model is not class-conditional"))
+        return None, None
+    given: int | str = value
+    if isinstance(value, float) and value.is_integer():
+        given = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit() and not (
+            classes.names and value.strip() in classes.names):
+        given = int(value.strip())
+    elif isinstance(value, str):
+        given = value.strip()
+    try:
+        index = classes.resolve(given)
+    except ValueError as e:
+        problems.append(ItemError("bad label", str(e)))
+        return None, None
+    names = classes.names or ()
+    return index, names[index] if index < len(names) else None
 
 
 def _override(name: str, value: Any, problems: list[ItemError]) -> Any:

@@ -34,7 +34,8 @@ log = logging.getLogger("pipeline")
 # Fields that change what an output looks like; anything else (resources, manifests) may change.
 SHAPING_FIELDS = (
     ("sampling", "t0"), ("sampling", "sampler"), ("sampling", "options"), ("sampling", "steps"),
-    ("sampling", "passes"), ("sampling", "seed"), ("model", "uri"), ("model", "dtype"),
+    ("sampling", "passes"), ("sampling", "seed"), ("sampling", "t0_mode"), ("sampling", "guidance_scale"),
+    ("model", "uri"), ("model", "dtype"),
     ("input", "fit"), ("input", "image_size"), ("input", "composite_mask"), ("input", "composite_margin"),
     ("input", "edit_threshold"), ("input", "edit_margin"), ("output", "format"), ("output", "quality"),
     ("output", "embed_images"),

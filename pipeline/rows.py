@@ -65,6 +65,12 @@ COLUMNS: tuple[Column, ...] = (
     _col("built_guide", pa.string(), _CARRIED),
     _col("built_mask", pa.string(), _CARRIED),
     _col("error_kind", pa.string(), {"manifest"} | _CARRIED, "the error's kind (failures by reason)"),
+    # Class-conditional models: the class index the output was made for (null: unlabelled, the
+    # unconditional model), its name from the model's labels.json, and the guidance scale used.
+    _col("label", pa.int64(), _GIVEN, "class index (a manifest may give an index or a class name)"),
+    _col("label_name", pa.string(), {"manifest"} | _CARRIED, "the label's name in the model's labels.json"),
+    _col("guidance_scale", pa.float64(), _GIVEN, "classifier-free guidance; a manifest value overrides "
+         "sampling.guidance_scale"),
     # Manifest-only overrides: they shape the work rows but are not carried on.
     _col("samples", pa.int64(), {"read", "manifest"}, "outputs for this item (sampling.samples)"),
     _col("x", pa.float64(), {"read", "manifest"}, "overlay corner (composite rows)"),
@@ -72,6 +78,8 @@ COLUMNS: tuple[Column, ...] = (
     _col("scale", pa.float64(), {"read", "manifest"}),
     _col("margin", pa.int64(), {"read", "manifest"}, "input.composite_margin / input.edit_margin"),
     _col("threshold", pa.int64(), {"read", "manifest"}, "input.edit_threshold (stroke edits)"),
+    # A guide given as image bytes in the manifest (a datasets-style `image` column).
+    _col("guide_bytes", pa.binary(), {"manifest"}, "the manifest's embedded guide image, encoded"),
     # Payloads between stages.
     _col("pixels", pa.binary(), {"work"}, "guide, uint8 [H, W, C]"),
     _col("edit_mask", pa.binary(), {"work"}, "uint8 [H, W]: 1 regenerate, 0 keep; null: edit everything"),

@@ -47,6 +47,7 @@ class Plan:
     sde: str
     steps: int
     batch_size: int = 8  # resources.batch_size, or the measured one when it says auto
+    classes: Any = None  # sdedit_kernel.ClassLabels of a class-conditional model, else None
 
     def working(self, spec: JobSpec) -> WorkingSize:
         return WorkingSize(self.channels, self.height, self.width, spec.input.fit)
@@ -54,7 +55,9 @@ class Plan:
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "sde": self.sde, "channels": self.channels,
                 "image_size": [self.height, self.width], "steps_at_job_t0": self.steps,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, **({} if self.classes is None else {"classes": {
+                    "num_classes": self.classes.num_classes, "names": list(self.classes.names or []),
+                    "null_label": self.classes.null_label}})}
 
 
 def preflight(spec: JobSpec) -> Plan:
@@ -64,6 +67,8 @@ def preflight(spec: JobSpec) -> Plan:
     from sdedit_kernel import load_score_model, resolve_steps
 
     problems: list[tuple[str, str]] = []
+    with_label: list[str] = []  # manifests with / without a label column (JSON Lines: checked per row)
+    without_label: list[str] = []
     for raw_uri in spec.input.manifests:
         uri = strip_userinfo(raw_uri)  # messages only; a URI may carry user:password
         try:
@@ -79,6 +84,8 @@ def preflight(spec: JobSpec) -> Plan:
             missing = missing_columns(columns) if columns is not None else []
             if missing:
                 problems.append(("input.manifest", f"{uri} lacks column(s) {', '.join(missing)}"))
+            if columns is not None and fmt != "jsonl":
+                (with_label if "label" in columns else without_label).append(uri)
         except ManifestError as e:
             problems.append(("input.format" if "input.format" in str(e) else "input.manifest",
                              strip_userinfo(_strip(e))))
@@ -92,6 +99,7 @@ def preflight(spec: JobSpec) -> Plan:
         raise SpecError([*problems, ("model.uri", f"{type(e).__name__}: {redact_text(str(e))}")]) from None
     if model.channels not in MODES:
         problems.append(("model.uri", f"models with {model.channels} channels are not supported (1 or 3)"))
+    problems += _label_problems(spec, model, with_label, without_label)
     height, width = _image_size(spec, model.sample_size, problems)
     steps = 0
     try:
@@ -105,7 +113,28 @@ def preflight(spec: JobSpec) -> Plan:
     batch = spec.resources.batch_size
     return Plan(channels=model.channels, height=height, width=width, steps=steps,
                 batch_size=batch if isinstance(batch, int) else 0,
-                label=model_label(spec.model.uri, model.digest), sde=type(model.sde).__name__)
+                label=model_label(spec.model.uri, model.digest), sde=type(model.sde).__name__,
+                classes=model.classes)
+
+
+def _label_problems(spec: JobSpec, model: Any, with_label: list[str],
+                    without_label: list[str]) -> list[tuple[str, str]]:
+    """A class-conditional model needs labels it knows (or a null label); an unconditional one takes none."""
+    name, guidance = spec.model.uri, spec.sampling.guidance_scale
+    found: list[tuple[str, str]] = []
+    if model.classes is None:
+        if guidance != 1:
+            found.append(("sampling.guidance_scale", f"{guidance} needs a class-conditional model; {name} is "
+                          "unconditional"))
+        found += [("input.manifest", f"{u} has a label column, but {name} is not class-conditional (drop the "
+                   "column or use a class-conditional model)") for u in with_label]
+    elif model.classes.null_label is None:
+        if guidance != 1:
+            found.append(("sampling.guidance_scale", f"{guidance} needs the unconditional model, and {name} has "
+                          "no null label (labels.json null_label)"))
+        found += [("input.manifest", f"{u} has no label column, and {name} has no null label: every row needs "
+                   "a label") for u in without_label]
+    return found
 
 
 def _image_size(spec: JobSpec, sample_size: Any, problems: list[tuple[str, str]]) -> tuple[int, int]:
@@ -126,7 +155,7 @@ def decode_settings(spec: JobSpec, plan: Plan,
     return DecodeSettings(
         working=plan.working(spec), input=spec.input, sampling=spec.sampling, layout=spec.layout,
         storage_options=spec.options_for("input"), done=done,
-        out_uri=spec.output.uri, out_options=spec.options_for("output"),
+        out_uri=spec.output.uri, out_options=spec.options_for("output"), conditional=plan.classes is not None,
     )
 
 
@@ -189,7 +218,7 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     if spec.resources.batch_size == "auto":
         plan = replace(plan, batch_size=measure_batch_size(spec, plan))
     done_with("preflight")
-    manifest = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input"))
+    manifest = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input"), plan.classes)
     _warn_if_no_room(spec)
     s, pool = spec.sampling, spec.resources.actors
     log.info(

@@ -63,8 +63,9 @@ THRESHOLD = Range(0, 254)
 SCALE = Range(0, 64, lo_open=True)
 POSITION = Range(-(2**31), 2**31, lo_open=True, hi_open=True, text="a pixel position below 2**31")
 MAX_PIXELS = Range(1, 178_956_970)
+GUIDANCE = Range(0, 100)
 OVERRIDES = {"t0": T0, "seed": SEED, "samples": SAMPLES, "margin": MARGIN, "threshold": THRESHOLD,
-             "scale": SCALE, "x": POSITION, "y": POSITION}
+             "scale": SCALE, "x": POSITION, "y": POSITION, "guidance_scale": GUIDANCE}
 # Fields renamed since: job files and job.json records may still use the old name.
 RENAMED = {("input", "resize"): "fit", ("sampling", "samples_per_item"): "samples"}
 
@@ -238,6 +239,17 @@ class SamplingSpec(_Section):
         0.5, description="Perturbation time in (0, 1], or a list of them (a t0 sweep: every item runs at "
         "every value, image names carry t0); a manifest column t0 overrides (that item runs once, at its t0).",
     )
+    t0_mode: Literal["sweep", "cycle", "range"] = Field(
+        "sweep", description="How a list of t0 values is used: sweep (every output of an item at every t0; "
+        "image names carry t0), cycle (sample k runs at t0[k mod n]: augmentation variants at several t0), or "
+        "range (t0 = [low, high]: each output's t0 drawn uniformly from its own generator seed). The t0 used "
+        "is recorded in every index row.",
+    )
+    guidance_scale: float = Field(
+        1.0, **GUIDANCE.bounds(), description="Class-conditional models: classifier-free guidance, diffusers' "
+        "meaning (1 = the conditional model alone, > 1 = guided, 0 = the unconditional model); needs a model "
+        "with a null label unless 1. Manifest column guidance_scale overrides.",
+    )
     sampler: str = Field(DEFAULT_SAMPLER, description="Reverse-SDE sampler (see sdedit_kernel.SAMPLERS).")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Sampler options (e.g. eta for ddim), checked against the kernel."
@@ -274,10 +286,32 @@ class SamplingSpec(_Section):
             seen[canonical_t0(x)] = x
         return v
 
+    @model_validator(mode="after")
+    def _t0_mode_fits(self) -> SamplingSpec:
+        if self.t0_mode != "sweep" and not isinstance(self.t0, list):
+            raise ValueError(f"t0_mode: {self.t0_mode} needs t0 as a list")
+        if self.t0_mode == "range" and (len(self.t0) != 2 or not self.t0[0] < self.t0[1]):
+            raise ValueError("t0: t0_mode range needs t0 = [low, high] with low < high")
+        return self
+
     @property
     def sweep(self) -> bool:
-        """A t0 sweep (``t0`` given as a list, even of one value): image names and the index carry t0."""
-        return isinstance(self.t0, list)
+        """A t0 sweep (``t0`` a list, even of one value, in t0_mode sweep): image names and keys carry t0."""
+        return isinstance(self.t0, list) and self.t0_mode == "sweep"
+
+    def t0s_for(self, sample: int, generator_seed: int) -> list[float]:
+        """The t0 value(s) output ``sample`` of an item runs at, by t0_mode; a range draw is a function
+        of the output's own generator seed, so it never depends on batch or machine."""
+        if self.t0_mode == "cycle":
+            return [self.t0[sample % len(self.t0)]]
+        if self.t0_mode == "range":
+            import random
+
+            from pipeline.naming import canonical_t0
+
+            low, high = self.t0
+            return [canonical_t0(low + (high - low) * random.Random(generator_seed).random())]
+        return list(self.t0_values)
 
     @property
     def t0_values(self) -> tuple[float, ...]:

@@ -55,6 +55,32 @@ def save_tiny_model(folder: Path, channels: int = 1, size: int = SIZE, **schedul
     return Path(folder)
 
 
+def decode_settings(*, channels: int = 1, height: int = SIZE, width: int = SIZE, fit: str = "resize",
+                    t0: float = 0.1, seed: int = 3, samples: int = 2, out_uri: str | None = None,
+                    conditional: bool = False, **input_fields: Any) -> Any:
+    """The decode stage's settings for a job of these few fields (``input_fields``: input.* fields)."""
+    from pipeline.decode import DecodeSettings
+    from pipeline.images import WorkingSize
+    from pipeline.naming import OutputLayout
+    from pipeline.spec import InputSpec, SamplingSpec
+
+    sampling = SamplingSpec(t0=t0, seed=seed, samples=samples)
+    return DecodeSettings(
+        working=WorkingSize(channels, height, width, fit), input=InputSpec(manifest="-", **input_fields),
+        sampling=sampling, layout=OutputLayout(sweep=sampling.sweep), out_uri=out_uri, conditional=conditional,
+    )
+
+
+def manifest_table(rows: list[dict[str, Any]]) -> Any:
+    """Normalised manifest rows (pipeline.rows MANIFEST_SCHEMA), every column not given null."""
+    import pyarrow as pa
+
+    from pipeline.rows import MANIFEST_SCHEMA
+
+    return pa.Table.from_pylist([{name: r.get(name) for name in MANIFEST_SCHEMA.names} for r in rows],
+                                schema=MANIFEST_SCHEMA)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model as a diffusers folder, one channel (tests/kernel overrides the name: a ScoreModel)."""

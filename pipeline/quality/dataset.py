@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_ROOT = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
+# The names of labels 0 .. 9, in the data set's order (a class-conditional model's labels.json must agree).
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -1,6 +1,7 @@
 """`sdedit eval`: the paper's faithfulness (L2 to the guide) and realism (KID) over stroke guides.
 
-Per configuration (sampler, steps, t0) it runs SDEdit over simulated stroke guides made from the
+Per configuration (sampler, steps, t0, and for a class-conditional model the label mode and the
+guidance weight) it runs SDEdit over simulated stroke guides made from the
 Fashion-MNIST test split and reports, over the outputs:
 - faithfulness: the L2 norm of (output - guide) per image, pixels in [0, 1], summed over all pixels
   as the paper does (`l2`, mean over images, with its standard error `l2_se`), and the same as a
@@ -15,13 +16,20 @@ Fashion-MNIST test split and reports, over the outputs:
 
 Reference rows: the guides themselves, real test images (a set disjoint from the guides' sources
 and from the KID reference; their L2 is to the guide of the same row, i.e. a random pairing) and
-unconditional samples (t0 = 1.0, ancestral, where the start is essentially pure noise).
+unconditional samples (t0 = 1.0, ancestral, where the start is essentially pure noise; a
+class-conditional model's with its null label). A class-conditional model adds "conditional
+samples" per guidance weight: t0 = 1.0 with each guide's source class as label, so their
+`class_kept` is the fraction of class-conditional samples the classifier puts in their class.
+
+Labels (`--label`): `none` runs every item unlabelled (an unconditional model as it is, a
+conditional one with its null label: the unconditional model it learned); `source` gives each
+guide the class of the test image it was painted from. Guidance (`--guidance`, w) acts on labelled
+items only: a `none` row always has w = 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import time
@@ -34,25 +42,33 @@ import torch
 import sdedit_kernel as sk
 from pipeline.builtin import resolve_model_uri
 
-from .dataset import load_split
+from .dataset import CLASSES, load_split
 from .features import extract_features, load_classifier, to_tensor
 from .kid import kid
 from .strokes import DEFAULT_BLUR, DEFAULT_BLUR_SIZE, DEFAULT_LEVELS, make_stroke_guides, pick_indices
+from .tables import COLUMNS, markdown_table, write_table
+
+__all__ = ["COLUMNS", "LABEL_MODES", "EvalConfig", "EvalSet", "Evaluator", "build_eval_set", "l2_per_image",
+           "load_model", "main", "markdown_table", "steps_for_calls", "write_table"]
 
 DEFAULT_MODEL = "fashion-mnist-ddpm"  # a bundled model's name, or any checkpoint folder or URI
-COLUMNS = ("name", "sampler", "t0", "steps", "calls", "calls_counted", "l2", "l2_se", "rms", "kid", "kid_se",
-           "kid_subset_mean", "kid_subset_std", "class_kept", "l2_source", "n", "wall_s", "ms_per_output",
-           "error")
+LABEL_MODES = ("none", "source")  # unlabelled (null label) / the class of the guide's source image
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """One SDEdit configuration; `steps=None` is the sampler's default (for ancestral: t0 * 1000)."""
+    """One SDEdit configuration; `steps=None` is the sampler's default (for ancestral: t0 * 1000).
+
+    label: "none" (unlabelled: the null label of a conditional model) or "source" (each guide's source
+    class); guidance: the classifier-free guidance weight w (1 = the conditional model, no guidance).
+    """
 
     sampler: str
     t0: float
     steps: int | None = None
     options: tuple[tuple[str, float], ...] = ()
+    label: str = "none"
+    guidance: float = 1.0
 
 
 @dataclass
@@ -129,11 +145,13 @@ class Evaluator:
         try:
             key = self._resolve(cfg)
         except Exception as e:
-            return {"name": f"sdedit {cfg.sampler}", "sampler": cfg.sampler, "t0": cfg.t0, "steps": cfg.steps,
-                    "error": f"{type(e).__name__}: {e}"}
+            self.log(f"  {cfg}: FAILED {type(e).__name__}: {e}")
+            return {"name": f"sdedit {cfg.sampler}", "sampler": cfg.sampler, "t0": cfg.t0, "label": cfg.label,
+                    "guidance": cfg.guidance, "steps": cfg.steps, "error": f"{type(e).__name__}: {e}"}
         if key in self.rows:
             return self.rows[key]
-        row = {"name": f"sdedit {key.sampler}", "sampler": key.sampler, "t0": key.t0, "steps": key.steps}
+        row = {"name": f"sdedit {key.sampler}", "sampler": key.sampler, "t0": key.t0, "label": key.label,
+               "guidance": key.guidance, "steps": key.steps}
         try:
             opts = dict(key.options)
             row["calls"] = sk.model_calls(key.sampler, key.steps, **opts)
@@ -148,13 +166,41 @@ class Evaluator:
                    ms_per_output=round(1000 * wall / len(outputs), 2))
         self.outputs[key] = outputs
         self.rows[key] = row
-        self.log(f"  {key.sampler} t0={key.t0} steps={key.steps} calls={row['calls']}: L2 {row['l2']:.3f} "
-                 f"KID {row['kid']:.4f}+-{row['kid_se']:.4f} ({wall:.1f} s)")
+        self.log(f"  {key.sampler} t0={key.t0} label={key.label} w={key.guidance:g} steps={key.steps} "
+                 f"calls={row['calls']}: L2 {row['l2']:.3f} KID {row['kid']:.4f}+-{row['kid_se']:.4f} "
+                 f"class kept {row['class_kept']:.0%} ({wall:.1f} s)")
         return row
 
     def _resolve(self, cfg: EvalConfig) -> EvalConfig:
+        """The configuration as it runs: steps resolved, guidance 1 for unlabelled rows; a clear error
+        for a label mode the model or the data cannot serve."""
         steps = sk.resolve_steps(self.model, cfg.t0, cfg.steps, cfg.sampler)
-        return EvalConfig(cfg.sampler, float(cfg.t0), steps, tuple(sorted(cfg.options)))
+        guidance = float(cfg.guidance)
+        if cfg.label not in LABEL_MODES:
+            raise ValueError(f"label mode {cfg.label!r}: use one of {', '.join(LABEL_MODES)}")
+        if not np.isfinite(guidance) or guidance < 0:
+            raise ValueError(f"guidance must be finite and >= 0, got {cfg.guidance!r}")
+        if cfg.label == "source":
+            self._check_source_labels()
+        elif guidance != 1.0:  # guidance acts on labelled items only: the row is the w = 1 row
+            guidance = 1.0
+        return EvalConfig(cfg.sampler, float(cfg.t0), steps, tuple(sorted(cfg.options)), cfg.label, guidance)
+
+    def _check_source_labels(self) -> None:
+        """`--label source` needs a class-conditional model whose labels are Fashion-MNIST's classes."""
+        m = self.model
+        if m.num_classes is None:
+            raise ValueError(f"--label source needs a class-conditional model; {m.source or 'this model'} is "
+                             "unconditional (no num_class_embeds in its config.json)")
+        if (self.data.labels < 0).any():
+            raise ValueError("--label source needs the class of every guide's source image, and this set has none")
+        names = m.label_names
+        if names is not None and tuple(names[: len(CLASSES)]) != CLASSES:
+            raise ValueError(f"the model's classes {list(names)} are not Fashion-MNIST's {list(CLASSES)} in "
+                             "that order: its labels would not mean the guides' classes")
+        top = int(self.data.labels.max())
+        if names is None and top >= m.num_classes:
+            raise ValueError(f"the guides' classes go up to {top}, the model takes labels 0 .. {m.num_classes - 1}")
 
     def _generate(self, cfg: EvalConfig, opts: dict) -> tuple[torch.Tensor, int, float]:
         counter = [0]
@@ -169,20 +215,31 @@ class Evaluator:
             for i in range(0, len(self.data.guides), self.batch_size):
                 ids = self.data.ids[i : i + self.batch_size]
                 gens = [sk.generator_for(self.seed, item, 0) for item in ids]
+                labels = (torch.as_tensor(self.data.labels[i : i + self.batch_size], dtype=torch.long)
+                          if cfg.label == "source" else None)
                 outs.append(sk.sdedit(self.model, self.data.guides[i : i + self.batch_size], t0=cfg.t0,
-                                      steps=cfg.steps, sampler=cfg.sampler, generator=gens, **opts).cpu())
+                                      steps=cfg.steps, sampler=cfg.sampler, generator=gens, labels=labels,
+                                      guidance_scale=cfg.guidance, **opts).cpu())
         finally:
             hook.remove()
         return torch.cat(outs), counter[0], time.perf_counter() - start
 
-    def reference_rows(self, uncond_steps: int | None = None) -> list[dict]:
-        """Guides, real test images and unconditional samples (t0 = 1.0, ancestral)."""
+    def reference_rows(self, uncond_steps: int | None = None, *, guidance: tuple[float, ...] = (1.0,),
+                       sampler: str = "ancestral") -> list[dict]:
+        """Guides, real test images, unconditional samples (t0 = 1.0, `sampler`; the null label of a
+        conditional model) and, for a conditional model, conditional samples (label = each guide's
+        source class) at each guidance weight: their class_kept is the fraction judged their class."""
         d = self.data
         guides = {"name": "reference: stroke guides", "calls": 0, **self.score(d.guides)}
         real = {"name": "reference: real test images", "calls": 0, **self.score(d.real)}
-        uncond = dict(self.run(EvalConfig("ancestral", 1.0, uncond_steps)))
-        uncond["name"] = "reference: unconditional samples"
-        return [guides, real, uncond]
+        conditional = self.model.num_classes is not None
+        uncond = dict(self.run(EvalConfig(sampler, 1.0, uncond_steps)))
+        uncond["name"] = "reference: unconditional samples" + (" (null label)" if conditional else "")
+        rows = [guides, real, uncond]
+        for w in dict.fromkeys(float(g) for g in guidance) if conditional else ():
+            row = dict(self.run(EvalConfig(sampler, 1.0, uncond_steps, label="source", guidance=w)))
+            rows.append({**row, "name": f"reference: conditional samples (w={w:g})"})
+        return rows
 
 
 def load_model(uri: str, device: str = "cpu"):
@@ -194,47 +251,6 @@ def steps_for_calls(sampler: str, calls: int, **options) -> int:
     """The most reverse steps whose model calls per output fit in `calls` (at least one step)."""
     per_step = sk.model_calls(sampler, 1, **options)
     return max(1, calls // per_step)
-
-
-def write_table(rows: list[dict], out_dir: Path, name: str, title: str = "",
-                notes: str = "") -> tuple[Path, Path]:
-    """`name.csv` (every column) and `name.md` (a readable subset) in `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
-    extra = sorted({k for r in rows for k in r} - set(COLUMNS))
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*COLUMNS, *extra])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in (*COLUMNS, *extra)})
-    text = (f"{title}\n\n" if title else "") + markdown_table(rows) + (f"\n{notes}\n" if notes else "")
-    md_path.write_text(text)
-    return csv_path, md_path
-
-
-def markdown_table(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
-    head = ["configuration", "t0", "steps", "calls", "L2 (sum)", "RMS", "KID", "class kept", "s / 100 out",
-            *extra]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        if r.get("error"):
-            cells = [r["name"], str(r.get("t0", "")), str(r.get("steps", "")), "", f"failed: {r['error']}"]
-            lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
-            continue
-        cells = [
-            r["name"], _fmt(r.get("t0"), "{:g}"), _fmt(r.get("steps"), "{}"), _fmt(r.get("calls"), "{}"),
-            f"{r['l2']:.2f} ± {r['l2_se']:.2f}", f"{r['rms']:.3f}", f"{r['kid']:.4f} ± {r['kid_se']:.4f}",
-            f"{r['class_kept']:.0%}", _fmt(r.get("ms_per_output"), "{:.1f}", scale=0.1),
-            *[str(r.get(k, "")) for k in extra],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(v, spec: str, scale: float = 1.0) -> str:
-    if v is None or v == "":
-        return ""
-    return spec.format(v * scale) if scale != 1.0 else spec.format(v)
 
 
 def _parse_options(items: list[str]) -> tuple[tuple[str, float], ...]:
@@ -257,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", nargs="+", type=int, default=None, help="reverse steps (default: sampler's)")
     g.add_argument("--calls", nargs="+", type=int, default=None, help="model-call budgets per output")
     p.add_argument("--option", nargs="*", default=[], help="sampler options key=value, e.g. eta=0.5")
+    p.add_argument("--label", nargs="+", choices=LABEL_MODES, default=["none"],
+                   help="none: unlabelled (a conditional model's null label); source: each guide's source class")
+    p.add_argument("--guidance", nargs="+", type=float, default=[1.0],
+                   help="classifier-free guidance weights w (1 = none); each one a row with --label source")
     p.add_argument("--n", type=int, default=200, help="number of stroke guides (default 200)")
     p.add_argument("--kid-ref", type=int, default=2000, help="real test images in the KID reference")
     p.add_argument("--seed", type=int, default=0)
@@ -289,13 +309,19 @@ def main(argv: list[str] | None = None) -> int:
                           levels=args.levels)
     ev = Evaluator(model, data, load_classifier(args.classifier), seed=args.seed, batch_size=args.batch_size)
     options = _parse_options(args.option)
-    rows = [] if args.no_references else ev.reference_rows(args.uncond_steps)
+    rows = [] if args.no_references else ev.reference_rows(args.uncond_steps, guidance=tuple(args.guidance))
     budgets = args.calls if args.calls else [None]
-    for sampler, t0, steps, calls in itertools.product(args.sampler, args.t0, args.steps or [None], budgets):
+    seen: set[int] = set()  # a `none` row ignores w: the product repeats it, the table lists it once
+    for sampler, t0, steps, calls, label, w in itertools.product(args.sampler, args.t0, args.steps or [None],
+                                                                 budgets, args.label, args.guidance):
         if calls is not None:
             steps = steps_for_calls(sampler, calls, **dict(options))
-        rows.append(ev.run(EvalConfig(sampler, t0, steps, options)))
+        row = ev.run(EvalConfig(sampler, t0, steps, options, label, w))
+        if id(row) not in seen:
+            seen.add(id(row))
+            rows.append(row)
     settings = {**data.settings, "model": args.model, "model_digest": model.digest,
+                "model_classes": model.num_classes, "null_label": model.null_label,
                 "wall_s": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
                 "torch": torch.__version__}
     csv_path, md_path = write_table(rows, args.out, args.name, title=f"# sdedit eval: {args.name}",

@@ -83,7 +83,7 @@ def _job(model: Path, manifest: Path, out: Path, steps: int) -> dict[str, Any]:
         "input": {"manifest": str(manifest)},
         "output": {"uri": str(out), "sheet_items": 0, "rows_per_index_file": 4},
         "model": {"uri": str(model)},
-        "sampling": {"t0": 0.2, "steps": steps, "samples_per_item": 1, "seed": 5},
+        "sampling": {"t0": 0.2, "steps": steps, "samples": 1, "seed": 5},
         "resources": {"actors": 2, "batch_size": 2, "num_cpus": ACTOR_CPUS},
     }
 

@@ -92,7 +92,7 @@ def _job_data(model: Path, manifest: Path | str, out: Path | str,
         "input": {"manifest": str(manifest)},
         "output": {"uri": str(out), "sheet_items": 4},
         "model": {"uri": str(model)},
-        "sampling": {"t0": 0.1, "sampler": "ancestral", "steps": 3, "samples_per_item": 2, "seed": 11},
+        "sampling": {"t0": 0.1, "sampler": "ancestral", "steps": 3, "samples": 2, "seed": 11},
         "resources": {"actors": 1, "batch_size": 4, "num_cpus": 0.5},
     }
     for section, values in sections.items():

@@ -24,7 +24,7 @@ from PIL import Image
 from sdedit_testing import SIZE  # the tiny model's sample size
 
 from pipeline.cli import main
-from pipeline.decode import DecodeSettings, guide_pixels, load_image, mask_bits
+from pipeline.images import WorkingSize, guide_pixels, load_image, mask_bits
 from pipeline.jobfile import build_spec
 from pipeline.run import run_job
 
@@ -215,8 +215,7 @@ def test_convertible_item_is_converted_and_stated(bad_run: dict[str, Any], item_
 
 def test_conversions_are_sound(bad_inputs: dict[str, Any]) -> None:
     """Pixels, not just notes: 16-bit is scaled (Pillow would clip to white), alpha is composited."""
-    d, settings = bad_inputs["dir"], DecodeSettings(channels=1, height=SIZE, width=SIZE, policy="resize",
-                                                  t0=0.1, seed=0, samples=1)
+    d, settings = bad_inputs["dir"], WorkingSize(1, SIZE, SIZE)
     sixteen = guide_pixels(load_image(str(d / "16bit.png"), {}, "guide"), settings)[..., 0]
     expected = (np.arange(SIZE * SIZE).reshape(SIZE, SIZE) * 257 + 128) // 257
     np.testing.assert_array_equal(sixteen, np.clip(expected, 0, 255))
@@ -259,8 +258,9 @@ BAD_MANIFESTS = [
      "unreadable manifest (not Parquet)"),
     ("latin1.csv", "id,guide\nä,x.png\n".encode("latin-1"), "latin1.csv: cannot read: UnicodeDecodeError",
      "unreadable manifest (not UTF-8)"),
-    ("no-guide.csv", b"id,image\na,x.png\n", "no-guide.csv lacks column(s) guide", "manifest without the guide column"),
-    ("no-guide.jsonl", b'{"id": "a", "image": "x.png"}\n', "no-guide.jsonl lacks column(s) guide",
+    ("no-guide.csv", b"id,picture\na,x.png\n", "no-guide.csv lacks column(s) guide",
+     "manifest without the guide column"),
+    ("no-guide.jsonl", b'{"id": "a", "picture": "x.png"}\n', "no-guide.jsonl lacks column(s) guide",
      "JSON Lines manifest without guide"),
     ("dup.csv", b"id,guide\na,x.png\nb,y.png\na,z.png\nb,w.png\n", "duplicate ids 'a', 'b'", "duplicate ids"),
 ]

@@ -12,10 +12,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from PIL import Image
-from sdedit_testing import SIZE  # the tiny model's sample size
+from sdedit_testing import SIZE, decode_settings  # SIZE: the tiny model's sample size
 
-from pipeline.compose import composite, fit_region, grow, place
-from pipeline.decode import DecodeSettings, decode_batch
+from pipeline.compose import fit_region, grow, paste_overlay, place
+from pipeline.decode import decode_batch
 from pipeline.jobfile import build_spec
 from pipeline.manifest import missing_columns, normalize_batch
 from pipeline.run import run_job
@@ -30,7 +30,8 @@ def _base(w: int = SIZE, h: int = SIZE) -> Image.Image:
 def _paste(overlay: Image.Image, mask: Image.Image | None = None, *, x: float | None = 2, y: float | None = 3,
            scale: float | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     notes: list[str] = []
-    guide, region = composite(_base(), overlay, mask, x=x, y=y, scale=scale, mode="L", max_pixels=10**6, notes=notes)
+    guide, region = paste_overlay(_base(), overlay, mask, x=x, y=y, scale=scale, mode="L", max_pixels=10**6,
+                                  notes=notes)
     return np.asarray(guide), region, notes[-1]
 
 
@@ -50,7 +51,7 @@ def test_colour_and_palette_overlays() -> None:
     base = Image.new("RGB", (8, 8), (10, 20, 30))
     overlay = Image.new("RGBA", (2, 2), (200, 100, 50, 255))
     overlay.putpixel((1, 1), (0, 0, 0, 0))
-    guide, region = composite(base, overlay, None, x=3, y=3, scale=None, mode="RGB", max_pixels=100, notes=[])
+    guide, region = paste_overlay(base, overlay, None, x=3, y=3, scale=None, mode="RGB", max_pixels=100, notes=[])
     pixels = np.asarray(guide)
     assert region.sum() == 3 and (pixels[3, 3] == [200, 100, 50]).all() and (pixels[4, 4] == [10, 20, 30]).all()
     palette = Image.new("P", (2, 1), 1)
@@ -101,7 +102,7 @@ def test_out_of_bounds_is_clipped_or_refused() -> None:
     with pytest.raises(ValueError, match="bad composite: the overlay pastes no pixel"):
         _paste(Image.new("LA", (5, 5), (0, 0)))
     with pytest.raises(ValueError, match="over input.max_pixels"):
-        composite(_base(), Image.new("L", (50, 50)), None, x=0, y=0, scale=64, mode="L", max_pixels=10**6, notes=[])
+        paste_overlay(_base(), Image.new("L", (50, 50)), None, x=0, y=0, scale=64, mode="L", max_pixels=10**6, notes=[])
 
 
 def test_grow_is_an_exact_square_dilation_clipped_at_the_border() -> None:
@@ -122,10 +123,8 @@ def test_fit_region_keeps_a_one_pixel_stroke_when_scaled_down() -> None:
     assert bits[:, 15].all() and bits.sum() == 28
 
 
-def _settings(tmp_path: Path | None = None, **kw: Any) -> DecodeSettings:
-    base = dict(channels=1, height=SIZE, width=SIZE, policy="resize", t0=0.1, seed=3, samples=2,
-                out_uri=str(tmp_path) if tmp_path else None)
-    return DecodeSettings(**{**base, **kw})
+def _settings(tmp_path: Path | None = None, **kw: Any) -> Any:
+    return decode_settings(out_uri=str(tmp_path) if tmp_path else None, **kw)
 
 
 def _rows(records: list[dict[str, Any]], base: str) -> pa.Table:
@@ -151,23 +150,23 @@ def test_manifest_rules() -> None:
     good = by_id["c"]
     placed = (good["workflow"], good["base"], good["x"], good["y"], good["scale"])
     assert placed == ("composite", "/data/b.png", 3, 0.25, 1.5)
-    assert good["problem"] is None
-    assert by_id["mixed"]["problem"] == ("bad row: it gives guide and base, overlay; give exactly one of guide, "
+    assert good["error"] is None
+    assert by_id["mixed"]["error"] == ("bad row: it gives guide and base, overlay; give exactly one of guide, "
                                          "base + overlay, original + edited")
-    assert by_id["mixed-2"]["problem"].startswith("bad row: it gives x and edited, original")
-    assert by_id["no-overlay"]["problem"] == "bad row: a composite needs base and overlay; overlay is empty"
-    assert by_id["nothing"]["problem"].startswith("missing guide: the row gives no guide")
-    assert by_id["bad-x"]["problem"] == "bad override: x=2.5 must be whole pixels or a fraction in (0, 1)"
-    assert by_id["bad-scale"]["problem"] == "bad override: scale=0 must be in (0, 64]"
-    assert by_id["own-margin"]["margin"] == 5 and by_id["own-margin"]["problem"] is None
-    assert by_id["margin-on-guide"]["problem"] == "bad override: margin applies to composite and stroke-edit rows only"
-    assert by_id["threshold-on-composite"]["problem"].startswith("bad override: threshold applies to stroke-edit")
+    assert by_id["mixed-2"]["error"].startswith("bad row: it gives x and edited, original")
+    assert by_id["no-overlay"]["error"] == "bad row: a composite needs base and overlay; overlay is empty"
+    assert by_id["nothing"]["error"].startswith("missing guide: the row gives no guide")
+    assert by_id["bad-x"]["error"] == "bad override: x=2.5 must be whole pixels or a fraction in (0, 1)"
+    assert by_id["bad-scale"]["error"] == "bad override: scale=0 must be in (0, 64]"
+    assert by_id["own-margin"]["margin"] == 5 and by_id["own-margin"]["error"] is None
+    assert by_id["margin-on-guide"]["error"] == "bad override: margin applies to composite and stroke-edit rows only"
+    assert by_id["threshold-on-composite"]["error"].startswith("bad override: threshold applies to stroke-edit")
 
 
 def test_required_columns() -> None:
     assert missing_columns(["id", "guide"]) == [] and missing_columns(["id", "base", "overlay"]) == []
     assert missing_columns(["id", "original", "edited", "x"]) == []
-    assert missing_columns(["id", "base"]) == ["guide (or base + overlay, or original + edited)"]
+    assert missing_columns(["id", "base"]) == ["guide (or image, or base + overlay, or original + edited)"]
     assert missing_columns(["guide"]) == ["id"]
 
 

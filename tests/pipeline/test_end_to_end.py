@@ -125,10 +125,10 @@ def test_per_item_overrides(csv_run: dict[str, Any]) -> None:
     df = csv_run["df"]
     row = df[(df.id == "override")].sort_values("sample")
     assert list(row["sample"]) == [0, 1, 2]
-    assert (row.t0 == 0.2).all() and (row.base_seed == 7).all()
-    assert list(row.seed) == [seed_for(7, "override", s) for s in range(3)]
+    assert (row.t0 == 0.2).all() and (row.seed == 7).all()
+    assert list(row.generator_seed) == [seed_for(7, "override", s) for s in range(3)]
     plain = df[df.id == "plain-0"].sort_values("sample")
-    assert list(plain.seed) == [seed_for(11, "plain-0", s) for s in range(2)]
+    assert list(plain.generator_seed) == [seed_for(11, "plain-0", s) for s in range(2)]
 
 
 def test_kept_region_is_preserved_exactly(csv_run: dict[str, Any], data_dir: Path) -> None:

@@ -99,16 +99,17 @@ def test_workflow_jobs_their_samples_and_pictures(name: str, workflow: str, pict
     """The compositing and stroke-edit job files load, every sample row builds cleanly at the bundled
     model's size, and the README shows the picture with the command that makes it."""
     import pyarrow.csv as pacsv
+    from sdedit_testing import decode_settings
 
-    from pipeline.decode import DecodeSettings, decode_batch
+    from pipeline.decode import decode_batch
     from pipeline.manifest import normalize_batch
 
     spec = load_spec(JOBS / name)
     assert spec.model.uri == "fashion-mnist-ddpm"
     manifest = REPO / spec.input.manifest
     table = pacsv.read_csv(manifest, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
-    rows = decode_batch(normalize_batch(table, base=str(manifest)), DecodeSettings(
-        channels=1, height=28, width=28, policy="resize", t0=0.5, seed=0, samples=1, out_uri=str(tmp_path),
+    rows = decode_batch(normalize_batch(table, base=str(manifest)), decode_settings(
+        height=28, width=28, t0=0.5, seed=0, samples=1, out_uri=str(tmp_path),
     )).to_pylist()
     assert rows and all(r["status"] == "ok" and r["workflow"] == workflow and r["edit_mask"] for r in rows)
     assert len(list((tmp_path / "inputs").iterdir())) == 2 * len(rows)

@@ -65,7 +65,7 @@ def test_job_with_autocast_channels_last_and_auto_batch(
     assert isinstance(chosen, int) and 1 <= chosen <= 256  # measured, recorded
     assert record["spec"]["resources"]["batch_size"] == "auto"
     a, b = pd.read_parquet(plain_out / "index"), pd.read_parquet(fast_out / "index")
-    assert sorted(zip(a.id, a["sample"], a.seed)) == sorted(zip(b.id, b["sample"], b.seed))
+    assert sorted(zip(a.id, a["sample"], a.generator_seed)) == sorted(zip(b.id, b["sample"], b.generator_seed))
     for name in a.image:  # bf16 network: close to the fp32 outputs, not equal
         x = np.asarray(Image.open(plain_out / name), np.float64)
         y = np.asarray(Image.open(fast_out / name), np.float64)

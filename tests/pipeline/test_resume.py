@@ -39,7 +39,7 @@ def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_
     import ray
 
     out = tmp_path / "out"
-    data = job_data(tiny_model, _manifest(data_dir), out, sampling={"steps": 40, "samples_per_item": 1},
+    data = job_data(tiny_model, _manifest(data_dir), out, sampling={"steps": 40, "samples": 1},
                     resources={"batch_size": 1}, output={"rows_per_index_file": 1, "sheet_items": 0})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(data))

@@ -32,15 +32,16 @@ def _with(**sections: dict[str, Any]) -> dict[str, Any]:
 def test_defaults_are_documented_and_sane() -> None:
     spec = build_spec(MINIMAL)
     assert spec.sampling.sampler == DEFAULT_SAMPLER == "dpmpp_2m_sde"
-    assert spec.sampling.t0 == 0.5 and spec.sampling.passes == 1 and spec.sampling.samples_per_item == 1
+    assert spec.sampling.t0 == 0.5 and spec.sampling.passes == 1 and spec.sampling.samples == 1
     assert spec.resources.actors.min == spec.resources.actors.max == 1
-    assert spec.output.format == "png" and spec.input.resize == "resize" and spec.device == "cpu"
+    assert spec.output.format == "png" and spec.input.fit == "resize" and spec.device == "cpu"
     fields = {name: (default, doc) for name, _, default, doc in iter_fields()}
     for name in ("input.manifest", "output.uri", "storage_options", "model.uri", "sampling.t0",
-                 "sampling.sampler", "sampling.steps", "sampling.passes", "sampling.samples_per_item",
+                 "sampling.sampler", "sampling.steps", "sampling.passes", "sampling.samples",
                  "sampling.seed", "resources.actors", "resources.batch_size", "resources.num_gpus",
                  "output.embed_images", "input.storage_options", "output.storage_options",
-                 "model.storage_options", "input.image_size", "input.resize", "sampling.options"):
+                 "model.storage_options", "input.image_size", "input.fit", "sampling.options", "sampling.guidance_scale",
+                 "sampling.t0_mode"):
         assert name in fields and fields[name][1], name
 
 
@@ -56,7 +57,8 @@ def test_spec_is_frozen() -> None:
     ({"sampling": {"sampler": "nope"}}, "sampling.sampler"),
     ({"sampling": {"sampler": "ddim", "options": {"bogus": 1}}}, "sampling.options"),
     ({"sampling": {"steps": 0}}, "sampling.steps"),
-    ({"sampling": {"samples_per_item": 0}}, "sampling.samples_per_item"),
+    ({"sampling": {"samples": 0}}, "sampling.samples"),
+    ({"sampling": {"samples_per_item": 0}}, "sampling.samples_per_item"),  # the former name still loads
     ({"sampling": {"seed": -1}}, "sampling.seed"),
     ({"sampling": {"tee0": 0.3}}, "sampling.tee0"),
     ({"resources": {"actors": 0}}, "resources.actors"),
@@ -65,6 +67,7 @@ def test_spec_is_frozen() -> None:
     ({"resources": {"num_gpus": -1}}, "resources.num_gpus"),
     ({"output": {"format": "gif"}}, "output.format"),
     ({"output": {"quality": 101}}, "output.quality"),
+    ({"input": {"fit": "squash"}}, "input.fit"),
     ({"input": {"resize": "squash"}}, "input.resize"),
     ({"input": {"format": "xml"}}, "input.format"),
     ({"input": {"image_size": 0}}, "input.image_size"),
@@ -153,7 +156,7 @@ def test_validate_command(tmp_path: Path, tiny_model: Path, data_dir: Path, caps
     assert main(["validate", str(job), "--set", f"model.uri={tmp_path}"]) == 2
     assert "model.uri" in capsys.readouterr().err
     no_guide = tmp_path / "m.csv"
-    no_guide.write_text("id,image\na,b.png\n")
+    no_guide.write_text("id,picture\na,b.png\n")
     assert main(["validate", str(job), "--set", f"input.manifest={no_guide}"]) == 2
     assert "lacks column(s) guide" in capsys.readouterr().err
     (tmp_path / "o" / "images").mkdir(parents=True)

@@ -11,26 +11,26 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
-from sdedit_testing import SIZE  # the tiny model's sample size
+from sdedit_testing import SIZE, decode_settings, manifest_table  # SIZE: the tiny model's sample size
 
-from pipeline.actor import ModelSettings, SDEditor
-from pipeline.decode import DecodeSettings, decode_batch, fit_image, mask_bits
-from pipeline.manifest import MANIFEST_SCHEMA, manifest_format, normalize_batch
-from pipeline.naming import image_relpath, safe_stem
+from pipeline.actor import ActorSettings, SDEditor
+from pipeline.decode import decode_batch
+from pipeline.editing import EditSettings
+from pipeline.images import WorkingSize, encode_image, fit_image, mask_bits
+from pipeline.manifest import manifest_format, normalize_batch
+from pipeline.naming import OutputLayout, image_relpath, safe_stem
 from pipeline.redact import REDACTED, redact, redact_argv, strip_userinfo
+from pipeline.spec import ModelSpec, OutputSpec, SamplingSpec
 from pipeline.storage import resolve_relative, write_atomic
-from pipeline.write import WriteSettings, encode_image, write_batch
+from pipeline.write import WriteSettings, write_batch
 
 
-def _settings(**kw: Any) -> DecodeSettings:
-    base = dict(channels=1, height=SIZE, width=SIZE, policy="resize", t0=0.1, seed=3, samples=2)
-    return DecodeSettings(**{**base, **kw})
+def _settings(**kw: Any) -> Any:
+    return decode_settings(**kw)
 
 
 def _manifest(rows: list[dict[str, Any]]) -> pa.Table:
-    full = [{"id": None, "guide": None, "mask": None, "t0": None, "seed": None, "samples": None,
-             "problem": None, **r} for r in rows]
-    return pa.Table.from_pylist(full, schema=MANIFEST_SCHEMA)
+    return manifest_table(rows)
 
 
 @pytest.mark.parametrize("policy, expected", [
@@ -51,7 +51,7 @@ def test_mask_is_nearest_and_binarised() -> None:
     grey = np.zeros((8, 8), np.uint8)
     grey[:, 4:] = 130  # just above the threshold: edit
     grey[:, :2] = 127  # just below: keep
-    bits = mask_bits(Image.fromarray(grey), (8, 8), _settings())
+    bits = mask_bits(Image.fromarray(grey), (8, 8), WorkingSize(1, SIZE, SIZE))
     assert bits.shape == (SIZE, SIZE) and set(np.unique(bits)) == {0, 1}
     assert (bits[:, SIZE // 2:] == 1).all() and (bits[:, : SIZE // 2] == 0).all()
 
@@ -63,16 +63,18 @@ def test_decode_expands_samples_and_turns_failures_into_rows(data_dir: Path) -> 
         {"id": "b", "guide": str(img / "nope.png")},
         {"id": "c", "guide": str(img / "corrupt.png")},
         {"id": "d", "guide": str(img / "g3.png"), "mask": str(img / "corrupt.png")},
-        {"id": "e", "guide": str(img / "g0.png"), "problem": "bad override: t0=2 must be in (0, 1]"},
+        {"id": "e", "guide": str(img / "g0.png"), "error": "bad override: t0=2 must be in (0, 1]",
+         "error_kind": "bad override"},
     ])
     out = decode_batch(table, _settings()).to_pylist()
     by_id: dict[str, list[dict[str, Any]]] = {}
     for row in out:
         by_id.setdefault(row["id"], []).append(row)
-    assert [r["sample"] for r in by_id["a"]] == [0, 1, 2] and all(r["base_seed"] == 9 for r in by_id["a"])
-    assert len({r["seed"] for r in by_id["a"]}) == 3
+    assert [r["sample"] for r in by_id["a"]] == [0, 1, 2] and all(r["seed"] == 9 for r in by_id["a"])
+    assert len({r["generator_seed"] for r in by_id["a"]}) == 3
     assert all(len(r["pixels"]) == SIZE * SIZE for r in by_id["a"])
     assert by_id["b"][0]["error"].startswith("missing guide") and len(by_id["b"]) == 2
+    assert [by_id[i][0]["error_kind"] for i in "bcde"] == ["missing guide", "bad guide", "bad mask", "bad override"]
     assert by_id["c"][0]["error"].startswith("bad guide")
     assert by_id["d"][0]["error"].startswith("bad mask")
     assert by_id["e"][0]["error"].startswith("bad override") and by_id["e"][0]["pixels"] is None
@@ -88,10 +90,10 @@ def test_manifest_normalisation_resolves_relative_uris() -> None:
     rows = normalize_batch(raw).to_pylist()
     assert rows[0]["guide"] == "/data/m/img/a.png" and rows[0]["t0"] == 0.3 and rows[0]["seed"] == 12
     assert rows[1]["guide"] == "/abs/b.png" and rows[1]["mask"] == "/data/masks/a.png"
-    assert rows[1]["t0"] is None and rows[1]["samples"] == 2 and rows[1]["problem"] is None
+    assert rows[1]["t0"] is None and rows[1]["samples"] == 2 and rows[1]["error"] is None
     assert rows[2]["guide"] == "s3://other/c.png" and rows[2]["mask"] is None
-    assert "seed='x' is not an integer" in rows[2]["problem"] and "samples=0" in rows[2]["problem"]
-    assert "t0=nan" in rows[2]["problem"]  # an explicit NaN is an error; only an empty cell means "none"
+    assert "seed='x' is not an integer" in rows[2]["error"] and "samples=0" in rows[2]["error"]
+    assert "t0=nan" in rows[2]["error"]  # an explicit NaN is an error; only an empty cell means "none"
     s3 = fsspec.filesystem("memory")
     raw = pa.table({"path": ["/bucket/m.csv"], "id": [7], "guide": ["g/a.png"]})
     rows = normalize_batch(raw, fs=s3).to_pylist()
@@ -158,9 +160,9 @@ def test_actor_is_batch_invariant_and_isolates_failures(tiny_model: Path, data_d
         {"id": "m", "guide": str(img / "g3.png"), "mask": str(img / "m3.png")},
         {"id": "x", "guide": str(img / "nope.png")},
     ]), _settings())
-    editor = SDEditor(ModelSettings(uri=str(tiny_model), device="cpu", dtype="float32", threads=1,
-                                    sampler="ancestral", steps=3, passes=1, channels=1,
-                                    height=SIZE, width=SIZE))
+    sampling = SamplingSpec(t0=0.1, sampler="ancestral", steps=3)
+    editor = SDEditor(ActorSettings(EditSettings(
+        model=ModelSpec(uri=str(tiny_model)), sampling=sampling, working=WorkingSize(1, SIZE, SIZE))))
     whole = editor(work).to_pylist()
     single = [editor(work.slice(i, 1)).to_pylist()[0] for i in range(work.num_rows)]
     for a, b in zip(whole, single, strict=True):
@@ -168,7 +170,7 @@ def test_actor_is_batch_invariant_and_isolates_failures(tiny_model: Path, data_d
     assert [r["status"] for r in whole].count("error") == 2 and whole[-1]["output"] is None
     assert {r["t0"] for r in whole if r["id"] == "b"} == {0.2}
     index = write_batch(editor(work), WriteSettings(
-        out_uri=str(tmp_path), image_format="png", quality=95, embed_images=False, sampler="ancestral",
-        passes=1, channels=1, height=SIZE, width=SIZE)).to_pylist()
+        output=OutputSpec(uri=str(tmp_path)), sampling=sampling, working=WorkingSize(1, SIZE, SIZE),
+        layout=OutputLayout())).to_pylist()
     assert sum(r["status"] == "ok" for r in index) == 6
     assert all((tmp_path / r["image"]).exists() for r in index if r["status"] == "ok")

@@ -12,10 +12,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from PIL import Image
-from sdedit_testing import SIZE  # the tiny model's sample size
+from sdedit_testing import SIZE, decode_settings  # SIZE: the tiny model's sample size
 
 from pipeline.compose import difference
-from pipeline.decode import DecodeSettings, decode_batch
+from pipeline.decode import decode_batch
 from pipeline.jobfile import build_spec
 from pipeline.manifest import normalize_batch
 from pipeline.run import run_job
@@ -75,8 +75,7 @@ def test_decode_derives_grows_and_records_the_mask(stroke_dir: Path, tmp_path: P
         {"id": "own", "original": "original.png", "edited": "edited.png", "threshold": 5, "margin": 0},
         {"id": "bad-own", "original": "original.png", "edited": "edited.png", "threshold": 255},
     ], stroke_dir / "m.jsonl")
-    settings = DecodeSettings(channels=1, height=SIZE, width=SIZE, policy="resize", t0=0.1, seed=0, samples=1,
-                              edit_margin=1, out_uri=str(tmp_path))
+    settings = decode_settings(seed=0, samples=1, edit_margin=1, out_uri=str(tmp_path))
     rows = {r["id"]: r for r in decode_batch(table, settings).to_pylist()}
     stroke = rows["stroke"]
     bits = np.frombuffer(stroke["edit_mask"], np.uint8).reshape(SIZE, SIZE)

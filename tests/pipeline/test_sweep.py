@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline.jobfile import SpecError, build_spec
-from pipeline.naming import canonical_t0, image_relpath, output_key, t0_label
+from pipeline.naming import OutputLayout, canonical_t0, image_relpath, t0_label
 from pipeline.run import run_job
 
 SWEEP = [0.1, 0.3]
@@ -51,8 +51,11 @@ def test_names_and_keys() -> None:
     assert image_relpath("a", 1, "png") == "images/a_s1.png"  # single-t0 jobs keep their names
     assert t0_label(0.255) == "0.255" and t0_label(1.0) == "1.00"
     assert canonical_t0(0.1 + 0.2) == canonical_t0(0.3)  # 0.30000000000000004
-    assert output_key("a", 0.1 + 0.2, 0, True) == output_key("a", 0.3, 0, True) == ("a", 0.3, 0)
-    assert output_key("a", 0.3, 0, False) == ("a", None, 0)
+    sweep, single = OutputLayout(sweep=True), OutputLayout(sweep=False)
+    assert sweep.key("a", 0.1 + 0.2, 0) == sweep.key("a", 0.3, 0) == ("a", 0.3, 0)
+    assert single.key("a", 0.3, 0) == ("a", None, 0)
+    assert sweep.image_path("a", 0.3, 1) == "images/a_t0.30_s1.png"
+    assert single.image_path("a", 0.3, 1) == "images/a_s1.png"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,7 @@ def test_sweep_runs_every_item_at_every_t0(sweep_job: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_sweep_seeds_equal_across_t0_and_names_unique(sweep_job: dict[str, Any]) -> None:
     index, out = sweep_job["index"], sweep_job["out"]
-    seeds = index.groupby(["id", "sample"]).seed.nunique()
+    seeds = index.groupby(["id", "sample"]).generator_seed.nunique()
     assert (seeds == 1).all()  # a sweep column differs only by t0
     assert index.image.is_unique
     for row in index.itertuples():
