@@ -22,26 +22,32 @@ INDEX_COLUMNS = names("index")  # the contract columns, in order (pipeline.rows)
 INDEX_DIR = "index"
 
 
-def index_schema(embed_images: bool = False) -> pa.Schema:
-    """The index schema; with embedded images it carries the ``huggingface`` features metadata."""
+def index_schema(embed_images: bool = False, label_names: Sequence[str] | None = None) -> pa.Schema:
+    """The index schema; with embedded images it carries the ``huggingface`` features metadata, where
+    ``label`` is a ClassLabel with the model's class names when it has them."""
     fields = [(name, IMAGE_STRUCT if name == "image" and embed_images else TYPES[name]) for name in INDEX_COLUMNS]
     schema = pa.schema(fields)
     if not embed_images:
         return schema
-    return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": _hf_features(schema)}})})
+    features = _hf_features(schema, label_names)
+    return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": features}})})
 
 
-def _hf_features(schema: pa.Schema) -> dict[str, Any]:
+def _hf_features(schema: pa.Schema, label_names: Sequence[str] | None) -> dict[str, Any]:
     """Hugging Face ``datasets`` features for every column: ``image`` decodes to a PIL image."""
     dtypes = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
-    return {
+    features = {
         f.name: {"_type": "Image"} if f.name == "image" else {"dtype": dtypes[f.type], "_type": "Value"}
         for f in schema
     }
+    if label_names:
+        features["label"] = {"names": list(label_names), "_type": "ClassLabel"}
+    return features
 
 
-def to_index_table(rows: Sequence[Mapping[str, Any]], embed_images: bool = False) -> pa.Table:
-    schema = index_schema(embed_images)
+def to_index_table(rows: Sequence[Mapping[str, Any]], embed_images: bool = False,
+                   label_names: Sequence[str] | None = None) -> pa.Table:
+    schema = index_schema(embed_images, label_names)
     records = [{name: row.get(name) for name in INDEX_COLUMNS} for row in rows]
     return pa.Table.from_pylist(records, schema=schema)
 
@@ -64,7 +70,7 @@ def read_index(out_uri: str, options: Mapping[str, Any] | None = None,
     return table.select(columns)
 
 
-def conform(table: pa.Table, embed_images: bool = False) -> pa.Table:
+def conform(table: pa.Table, embed_images: bool = False, label_names: Sequence[str] | None = None) -> pa.Table:
     """``table`` in the current index schema; columns an older index lacks are added as nulls.
 
     An index written before ``generator_seed`` existed called the generator's seed ``seed`` and the
@@ -73,7 +79,7 @@ def conform(table: pa.Table, embed_images: bool = False) -> pa.Table:
     if "base_seed" in table.column_names and "generator_seed" not in table.column_names:
         renamed = {"seed": "generator_seed", "base_seed": "seed"}
         table = table.rename_columns([renamed.get(n, n) for n in table.column_names])
-    schema = index_schema(embed_images)
+    schema = index_schema(embed_images, label_names)
     columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
                for f in schema]
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata()).cast(schema)

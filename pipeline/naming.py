@@ -88,7 +88,9 @@ class OutputLayout:
     @classmethod
     def of_job(cls, spec: Mapping[str, Any]) -> OutputLayout:
         """The layout of a job from its spec as plain data (``JobSpec.public_dict()`` or job.json's)."""
-        return cls(sweep=isinstance(spec["sampling"]["t0"], list), image_format=spec["output"]["format"])
+        sampling = spec["sampling"]
+        sweep = isinstance(sampling["t0"], list) and sampling.get("t0_mode", "sweep") == "sweep"
+        return cls(sweep=sweep, image_format=spec["output"]["format"])
 
     def key(self, item_id: str, t0: float, sample: int) -> tuple[str, float | None, int]:
         """What names one output, for resume's done-set: (id, t0, sample) in a sweep, else (id, None, sample);

@@ -98,7 +98,8 @@ def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, f
                 keep.append(i)
         if keep:
             with fs.open(join_uri(index_dir, f"resumed-{uuid.uuid4().hex[:12]}-{n:05d}.parquet"), "wb") as f:
-                pq.write_table(conform(table.take(pa.array(keep, pa.int64())), spec.output.embed_images), f)
+                names = record.get("model", {}).get("classes", {}).get("names") or ()
+                pq.write_table(conform(table.take(pa.array(keep, pa.int64())), spec.output.embed_images, names), f)
     for old in files:  # only once every kept row is safely in a new file
         fs.rm(old)
     return frozenset(done)

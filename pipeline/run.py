@@ -49,6 +49,10 @@ class Plan:
     batch_size: int = 8  # resources.batch_size, or the measured one when it says auto
     classes: Any = None  # sdedit_kernel.ClassLabels of a class-conditional model, else None
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(self.classes.names or ()) if self.classes is not None else ()
+
     def working(self, spec: JobSpec) -> WorkingSize:
         return WorkingSize(self.channels, self.height, self.width, spec.input.fit)
 
@@ -194,7 +198,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
         write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS, udf_modifying_row_count=False,
         fn_kwargs={"settings": WriteSettings(
             output=spec.output, sampling=sampling, working=plan.working(spec), layout=spec.layout,
-            storage_options=spec.options_for("output"),
+            storage_options=spec.options_for("output"), label_names=plan.label_names,
         )},
     )
 
@@ -235,7 +239,8 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     done = completed_outputs(spec, plan.label) if spec.output.if_exists == "resume" else frozenset()
     write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": len(done)})
     out_options = spec.options_for("output")
-    sink = IndexDatasink(spec.output.uri, out_options, spec.output.embed_images, spec.output.rows_per_index_file)
+    sink = IndexDatasink(spec.output.uri, out_options, spec.output.embed_images, spec.output.rows_per_index_file,
+                         plan.label_names)
     done_with("prepare_output")
     build_dataset(spec, plan, manifest, done, ledger=start_ledger()).write_datasink(
         sink, ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks

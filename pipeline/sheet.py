@@ -23,7 +23,7 @@ TILE = 112
 LABEL_W = 150
 HEADER_H = 22
 MAX_SAMPLE_COLUMNS = 8
-TILE_COLUMNS = ["guide", "mask", "built_guide", "built_mask"]  # the index columns input_tiles reads
+TILE_COLUMNS = ["guide", "mask", "built_guide", "built_mask", "label_name"]  # what input_tiles and labels read
 
 
 def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
@@ -31,6 +31,7 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     """Draw the contact sheet of up to ``items`` items into ``OUT/sheet.png``; returns its URI."""
     job = read_job_record(out_uri, out_options)
     working, layout = working_size(job), OutputLayout.of_job(job["spec"])
+    several_t0 = isinstance(job["spec"]["sampling"]["t0"], list)  # a sweep, or variants at several t0: caption t0
     # Image paths follow from (id, t0, sample): the image column (maybe embedded bytes) is never read.
     table = read_index(out_uri, out_options,
                        columns=["id", "sample", "t0", "status", *TILE_COLUMNS])
@@ -51,10 +52,10 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     for r, item_id in enumerate(chosen):
         top = HEADER_H + r * TILE
         outputs = sorted(by_id[item_id], key=lambda row: (row["sample"], row["t0"] or 0.0))
-        draw.text((4, top + TILE // 2 - 6), short_label(item_id), fill="black", font=font)
         first = outputs[0]
+        draw_label(draw, top, item_id, first.get("label_name"))
         tiles = list(input_tiles(out_uri, first, working, input_options, out_options))
-        tiles += [output_tile(out_uri, row, layout, out_options, caption=layout.sweep) for row in outputs[:columns]]
+        tiles += [output_tile(out_uri, row, layout, out_options, caption=several_t0) for row in outputs[:columns]]
         for c, tile in enumerate(tiles):
             sheet.paste(tile, (LABEL_W + c * TILE, top))
     buffer = io.BytesIO()
@@ -69,6 +70,16 @@ def working_size(job: Mapping[str, Any]) -> WorkingSize:
     height, width = (int(v) for v in job["model"]["image_size"])
     given = job["spec"]["input"]
     return WorkingSize(int(job["model"]["channels"]), height, width, given.get("fit", given.get("resize", "resize")))
+
+
+def draw_label(draw: ImageDraw.ImageDraw, top: int, item_id: str, class_name: str | None = None) -> None:
+    """An item's row label: its id, and under it the class it was made for (class-conditional jobs)."""
+    font = ImageFont.load_default()
+    if class_name:
+        draw.text((4, top + TILE // 2 - 13), short_label(item_id), fill="black", font=font)
+        draw.text((4, top + TILE // 2 + 2), short_label(class_name), fill=(0, 90, 160), font=font)
+    else:
+        draw.text((4, top + TILE // 2 - 6), short_label(item_id), fill="black", font=font)
 
 
 def short_label(text: str, limit: int = 22) -> str:

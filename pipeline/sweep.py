@@ -24,10 +24,10 @@ from pipeline.sheet import (
     LABEL_W,
     TILE,
     TILE_COLUMNS,
+    draw_label,
     input_tiles,
     note_tile,
     output_tile,
-    short_label,
     working_size,
 )
 from pipeline.storage import join_uri, url_to_fs, write_atomic
@@ -90,7 +90,7 @@ def make_sweep_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = No
     for r, item_id in enumerate(chosen):
         top = HEADER_H + r * TILE
         first = next(iter(by_id[item_id].values()))
-        draw.text((4, top + TILE // 2 - 6), short_label(item_id), fill="black", font=font)
+        draw_label(draw, top, item_id, first.get("label_name"))
         guide, mask = input_tiles(out_uri, first, working, input_options, out_options)
         tiles = [guide, mask] if with_mask else [guide]
         for t0 in t0s:

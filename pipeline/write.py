@@ -36,6 +36,7 @@ class WriteSettings:
     working: WorkingSize
     layout: OutputLayout
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # output's; may hold credentials
+    label_names: tuple[str, ...] = ()  # a class-conditional model's class names: the index's ClassLabel
 
 
 def write_batch(batch: pa.Table, settings: WriteSettings) -> pa.Table:
@@ -59,7 +60,7 @@ def write_batch(batch: pa.Table, settings: WriteSettings) -> pa.Table:
                 failure = ItemError("write error", f"{type(e).__name__}: {e}")
                 record.update(status="error", error=failure.message, error_kind=failure.kind)
         rows.append(record)
-    return to_index_table(rows, out.embed_images)
+    return to_index_table(rows, out.embed_images, settings.label_names)
 
 
 class IndexDatasink(Datasink[None]):
@@ -73,11 +74,12 @@ class IndexDatasink(Datasink[None]):
     """
 
     def __init__(self, out_uri: str, options: Mapping[str, Any] | None, embed_images: bool,
-                 rows_per_file: int) -> None:
+                 rows_per_file: int, label_names: tuple[str, ...] = ()) -> None:
         self.out_uri = out_uri
         self.options = dict(options or {})
         self.embed_images = embed_images
         self.rows_per_file = rows_per_file
+        self.label_names = label_names
         self.run_id = uuid.uuid4().hex[:12]
 
     def __repr__(self) -> str:  # the options may hold credentials
@@ -91,7 +93,8 @@ class IndexDatasink(Datasink[None]):
         return "WriteIndex"
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> None:
-        tables = [conform(pa.table(b) if not isinstance(b, pa.Table) else b, self.embed_images) for b in blocks]
+        tables = [conform(b if isinstance(b, pa.Table) else pa.table(b), self.embed_images, self.label_names)
+                  for b in blocks]
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return
