@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "s3-example.yaml", "sweep.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "s3-example.yaml", "sweep.yaml", "augment.yaml"])
 def test_job_files_load(name: str) -> None:
     spec = load_spec(JOBS / name)
     assert spec.output.uri
@@ -95,7 +95,8 @@ def test_rerun_of_a_finished_job_writes_nothing(tmp_path: Path, tiny_model: Path
     ("composite.yaml", "composite", "docs/composite_sheet.png"),
     ("stroke_edit.yaml", "stroke_edit", "docs/stroke_edit_sheet.png"),
 ])
-def test_workflow_jobs_their_samples_and_pictures(name: str, workflow: str, picture: str, tmp_path: Path) -> None:
+def test_workflow_jobs_their_samples_and_pictures(name: str, workflow: str, picture: str,
+                                                   tmp_path: Path) -> None:
     """The compositing and stroke-edit job files load, every sample row builds cleanly at the bundled
     model's size, and the README shows the picture with the command that makes it."""
     import pyarrow.csv as pacsv
@@ -115,3 +116,32 @@ def test_workflow_jobs_their_samples_and_pictures(name: str, workflow: str, pict
     assert len(list((tmp_path / "inputs").iterdir())) == 2 * len(rows)
     readme = (REPO / "README.md").read_text()
     assert f"]({picture})" in readme and (REPO / picture).is_file() and f"sdedit run jobs/{name}" in readme
+
+
+def test_augment_job_its_samples_and_picture() -> None:
+    """jobs/augment.yaml names the bundled conditional model, both sample manifests give the same
+    labelled items (a datasets-style Parquet, and files + label names), every row resolves against
+    the model's labels, and the README shows the picture with the command that makes it."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from pipeline.builtin import resolve_model_uri
+    from pipeline.manifest import normalize_batch
+    from sdedit_kernel import load_score_model
+
+    spec = load_spec(JOBS / "augment.yaml")
+    assert spec.model.uri == "fashion-mnist-cond" and spec.sampling.t0_mode == "cycle"
+    assert spec.output.embed_images and spec.sampling.guidance_scale > 1 and spec.sampling.samples >= 2
+    classes = load_score_model(resolve_model_uri(spec.model.uri)).classes
+    assert classes is not None and classes.null_label == 10 and len(classes.names) == 10
+    manifest = REPO / spec.input.manifest
+    embedded = normalize_batch(pq.read_table(manifest), base=str(manifest), classes=classes).to_pylist()
+    paths = REPO / "pipeline/assets/samples/augment/paths.csv"
+    table = pacsv.read_csv(paths, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    by_path = normalize_batch(table, base=str(paths), classes=classes).to_pylist()
+    assert len(embedded) == 20 and all(r["error"] is None and r["guide_bytes"] for r in embedded)
+    assert [(r["id"], r["label"]) for r in embedded] == [(r["id"], r["label"]) for r in by_path]
+    assert sorted({r["label"] for r in embedded}) == list(range(10))
+    readme = (REPO / "README.md").read_text()
+    assert "](docs/augment_sheet.png)" in readme and "sdedit run jobs/augment.yaml" in readme
+    assert (REPO / "docs/augment_sheet.png").is_file()

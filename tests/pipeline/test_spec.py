@@ -40,8 +40,8 @@ def test_defaults_are_documented_and_sane() -> None:
                  "sampling.sampler", "sampling.steps", "sampling.passes", "sampling.samples",
                  "sampling.seed", "resources.actors", "resources.batch_size", "resources.num_gpus",
                  "output.embed_images", "input.storage_options", "output.storage_options",
-                 "model.storage_options", "input.image_size", "input.fit", "sampling.options", "sampling.guidance_scale",
-                 "sampling.t0_mode"):
+                 "model.storage_options", "input.image_size", "input.fit", "sampling.options",
+                 "sampling.guidance_scale", "sampling.t0_mode"):
         assert name in fields and fields[name][1], name
 
 
