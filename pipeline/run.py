@@ -22,6 +22,7 @@ from pipeline.editing import EditSettings, model_label
 from pipeline.images import MODES, WorkingSize
 from pipeline.jobfile import SpecError
 from pipeline.ledger import start_ledger
+from pipeline.lock import OutputLock
 from pipeline.manifest import ManifestError, manifest_format, missing_columns, peek_columns, read_manifests
 from pipeline.outdir import prepare_output, write_job_record
 from pipeline.redact import redact_text, strip_userinfo
@@ -210,6 +211,13 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
     work starts when the job cannot run; per-item failures end up in the index instead.
     """
     start = time.perf_counter()
+    plan = preflight(spec)
+    with OutputLock(spec.output.uri, spec.options_for("output")):
+        return _run_locked(spec, plan, sheet, start)
+
+
+def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSummary:
+    """The job, once this run holds the output folder."""
     phases: dict[str, float] = {}  # where the wall time went, in job.json: fixed costs are visible
     mark = [start]
 
@@ -218,7 +226,6 @@ def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
         phases[phase] = round(now - mark[0], 3)
         mark[0] = now
 
-    plan = preflight(spec)
     if spec.resources.batch_size == "auto":
         plan = replace(plan, batch_size=measure_batch_size(spec, plan))
     done_with("preflight")

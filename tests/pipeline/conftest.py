@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,31 @@ def record_outcome() -> Any:
                 f.write(json.dumps({"case": case, "outcome": outcome, "lost": lost, "duplicated": duplicated}) + "\n")
 
     return record
+
+
+# S3 on loopback: moto's server, shared by the S3 and lock tests.
+S3_KEY, S3_SECRET = "AKIAMOTOTESTKEY", "moto-secret-value-1234"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1, on a port the OS picks (no race for a 'free' port)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> tuple[Any, dict[str, str], str]:
+    """(s3fs file system, storage options, a fresh bucket name) for one test."""
+    import s3fs
+
+    options = {"key": S3_KEY, "secret": S3_SECRET, "endpoint_url": s3_endpoint}
+    fs = s3fs.S3FileSystem(**options)
+    bucket = f"sdedit-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(bucket)
+    return fs, options, bucket

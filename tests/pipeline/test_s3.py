@@ -8,8 +8,6 @@ reaches S3 or MinIO: ``storage_options`` with ``endpoint_url`` and credentials i
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +22,6 @@ pytest.importorskip("moto.server")
 
 KEY, SECRET = "AKIAMOTOTESTKEY", "moto-secret-value-1234"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1, on a port the OS picks (no race for a 'free' port)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint: str) -> tuple[Any, dict[str, str], str]:
-    """(s3fs file system, storage options, a fresh bucket name) for one test."""
-    import s3fs
-
-    options = {"key": KEY, "secret": SECRET, "endpoint_url": s3_endpoint}
-    fs = s3fs.S3FileSystem(**options)
-    bucket = f"sdedit-{uuid.uuid4().hex[:8]}"
-    fs.mkdir(bucket)
-    return fs, options, bucket
 
 
 def _keys(fs: Any, prefix: str) -> list[str]:
