@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="report on a run: counts, failures, throughput, t0 and faithfulness")
     p.add_argument("out", help="output folder URI of a run")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no-sheet", action="store_true", help="do not draw a missing contact or sweep sheet")
+    p.add_argument("--draw", action="store_true", help="draw the contact and sweep sheets that are missing "
+                   "(inspect writes nothing into OUT unless asked)")
+    p.add_argument("--no-sheet", action="store_true", help=argparse.SUPPRESS)  # the former default; now a no-op
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec storage option for OUT and the guides (value parsed as YAML); repeatable")
     _tune_parser(sub)
@@ -129,12 +131,13 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_RUN
     import ray
 
-    from pipeline.run import run_job
+    from pipeline.run import preflight, run_job
 
     try:
+        plan = preflight(spec)  # manifests, model and spec checked before Ray starts: a bad job fails fast
         if not ray.is_initialized():
             ray.init(address=ray_address(args.address), logging_level=logging.WARNING)
-        summary = run_job(spec, sheet=not args.no_sheet)
+        summary = run_job(spec, sheet=not args.no_sheet, plan=plan)
     except ValueError as e:  # SpecError, ManifestError, OutputExistsError: nothing ran
         _fail(f"{args.job}: cannot run", e)
         return EXIT_CANNOT_RUN
@@ -174,7 +177,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     try:
         options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.options)}
-        report = inspect_output(args.out, options, input_options=options, draw=not args.no_sheet)
+        report = inspect_output(args.out, options, input_options=options, draw=args.draw)
     except (OSError, ValueError, KeyError, yaml.YAMLError) as e:
         _fail(f"cannot inspect {args.out}", e)
         return EXIT_CANNOT_RUN

@@ -78,8 +78,15 @@ def build_spec(data: Mapping[str, Any]) -> JobSpec:
 
 
 def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
-    """The whole way from a job file on disk to a validated spec."""
-    return build_spec(apply_overrides(read_yaml(path), overrides))
+    """The whole way from a job file on disk to a validated spec; an unknown field says where it came
+    from (the file, or which ``--set``)."""
+    overrides = list(overrides)
+    try:
+        return build_spec(apply_overrides(read_yaml(path), overrides))
+    except SpecError as e:
+        given = {item.split("=", 1)[0].strip() for item in overrides}
+        raise SpecError([(field, f"{msg} ({f'from --set {field}=...' if field in given else f'in {path}'})"
+                          if msg.startswith("unknown field") else msg) for field, msg in e.problems]) from None
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
         path = _field_path(err["loc"])
         msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see docs/pipeline.md for the fields)"
+            msg = _unknown_field(err["loc"])
         match = _FIELD_PREFIX.match(msg)
         if match and err["type"] == "value_error":
             path = f"{path}.{match.group(1)}" if path else match.group(1)
@@ -105,6 +112,27 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
         if msg not in bucket:
             bucket.append(msg)
     return [(path, " or ".join(msgs)) for path, msgs in merged.items()]
+
+
+def _unknown_field(loc: tuple[int | str, ...]) -> str:
+    """'unknown field', with the closest real field of that section when one is close enough."""
+    import difflib
+
+    model: type[BaseModel] | None = JobSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is not None:
+        names = list(model.model_fields)
+        for name, info in model.model_fields.items():
+            choices = getattr(info.validation_alias, "choices", None) or []
+            names += [c for c in choices if isinstance(c, str) and c != name]
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+        if close:
+            prefix = ".".join(str(p) for p in loc[:-1])
+            return f"unknown field; did you mean {prefix + '.' if prefix else ''}{close[0]}?"
+    return "unknown field (check the spelling; see docs/pipeline.md or `sdedit fields` for the fields)"
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

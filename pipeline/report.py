@@ -28,7 +28,7 @@ _COLUMNS = ["id", "sample", "t0", "status", "error", "error_kind", "faithfulness
 
 
 def inspect_output(out_uri: str, options: Mapping[str, Any] | None = None, *,
-                   input_options: Mapping[str, Any] | None = None, draw: bool = True) -> dict[str, Any]:
+                   input_options: Mapping[str, Any] | None = None, draw: bool = False) -> dict[str, Any]:
     """The report as plain data (what ``--json`` prints); draws the missing sheets when ``draw``."""
     job = read_job_record(out_uri, options)
     table = read_index(out_uri, options, columns=_COLUMNS)

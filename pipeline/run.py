@@ -204,14 +204,15 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
     )
 
 
-def run_job(spec: JobSpec, *, sheet: bool = True) -> RunSummary:
+def run_job(spec: JobSpec, *, sheet: bool = True, plan: Plan | None = None) -> RunSummary:
     """Run a whole job on the current Ray cluster (a local one starts if none is connected).
 
-    Raises :class:`SpecError`, ``ManifestError`` or ``OutputExistsError`` (all ValueErrors) before any
-    work starts when the job cannot run; per-item failures end up in the index instead.
+    Raises :class:`SpecError`, ``ManifestError``, ``OutputExistsError`` or ``OutputLockedError`` (all
+    ValueErrors) before any work starts when the job cannot run; per-item failures end up in the
+    index instead. ``plan``: :func:`preflight`'s result, when the caller already checked the spec.
     """
     start = time.perf_counter()
-    plan = preflight(spec)
+    plan = plan if plan is not None else preflight(spec)
     with OutputLock(spec.output.uri, spec.options_for("output")):
         return _run_locked(spec, plan, sheet, start)
 

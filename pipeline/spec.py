@@ -166,8 +166,8 @@ class OutputSpec(_Section):
         "index lists as ok, produce only the rest; the sampling/model fields must match job.json).",
     )
     rows_per_index_file: int = Field(
-        1000, ge=1, description="Index rows per Parquet file: smaller files lose less work to a crash "
-        "(see resume), larger ones read faster.",
+        1000, ge=1, description="Most index rows per Parquet file (a cap: a write task splits what it gets): "
+        "smaller files lose less work to a crash (see resume), larger ones read faster.",
     )
     sheet_items: int = Field(
         16, ge=0, le=256, description="Items on the contact sheet OUT/sheet.png; 0 writes no sheet."

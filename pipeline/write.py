@@ -98,8 +98,11 @@ class IndexDatasink(Datasink[None]):
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return
-        buffer = io.BytesIO()
-        pq.write_table(pa.concat_tables(tables), buffer)
+        table = pa.concat_tables(tables)
         fs, root = url_to_fs(self.out_uri, self.options)
-        name = f"{self.run_id}-{ctx.task_idx:06d}.parquet"
-        write_atomic(fs, join_uri(root, INDEX_DIR, name), buffer.getvalue())
+        # output.rows_per_index_file is a cap: Ray hands a task at least that many rows, often more.
+        for part, offset in enumerate(range(0, table.num_rows, self.rows_per_file)):
+            buffer = io.BytesIO()
+            pq.write_table(table.slice(offset, self.rows_per_file), buffer)
+            name = f"{self.run_id}-{ctx.task_idx:06d}-{part:04d}.parquet"
+            write_atomic(fs, join_uri(root, INDEX_DIR, name), buffer.getvalue())

@@ -29,8 +29,11 @@ def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_di
 
 @pytest.mark.slow
 def test_inspect_json(finished: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (finished / "sheet.png").unlink()  # inspect draws a missing sheet
+    (finished / "sheet.png").unlink()
     assert main(["inspect", str(finished), "--json"]) == 0
+    assert not (finished / "sheet.png").exists()  # inspect writes nothing unless asked
+    assert set(json.loads(capsys.readouterr().out)["files"]) == {"sweep", "plot"}
+    assert main(["inspect", str(finished), "--json", "--draw"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["status"] == "finished" and report["items"] == 5 and report["items_failed"] == 2
     assert (report["outputs"], report["outputs_ok"], report["outputs_failed"]) == (20, 12, 8)  # 5 x 2 t0 x 2

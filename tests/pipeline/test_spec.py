@@ -172,3 +172,30 @@ def test_docs_field_table_is_current() -> None:
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "pipeline.md").read_text()
     assert render_fields() in docs, "regenerate the table in docs/pipeline.md from `sdedit fields`"
+
+
+def test_unknown_fields_say_did_you_mean_and_where_they_came_from(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({**MINIMAL, "sampling": {"sampels": 2}}))
+    with pytest.raises(SpecError) as caught:
+        load_spec(job, ["input.fitt=pad", "sampling.seed=3"])
+    problems = dict(caught.value.problems)
+    assert problems["sampling.sampels"] == f"unknown field; did you mean sampling.samples? (in {job})"
+    assert problems["input.fitt"] == "unknown field; did you mean input.fit? (from --set input.fitt=...)"
+
+
+def test_a_job_that_cannot_run_fails_before_ray_starts(tmp_path: Path, tiny_model: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    def no_ray(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("Ray was started for a job that cannot run")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"input": {"manifest": str(tmp_path / "missing.csv")},
+                                   "output": {"uri": str(tmp_path / "out")}, "model": {"uri": str(tiny_model)}}))
+    assert main(["run", str(job)]) == 2
+    assert "input.manifest" in capsys.readouterr().err

@@ -174,3 +174,20 @@ def test_actor_is_batch_invariant_and_isolates_failures(tiny_model: Path, data_d
         layout=OutputLayout())).to_pylist()
     assert sum(r["status"] == "ok" for r in index) == 6
     assert all((tmp_path / r["image"]).exists() for r in index if r["status"] == "ok")
+
+
+def test_rows_per_index_file_is_a_cap(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from pipeline.index import to_index_table
+    from pipeline.write import IndexDatasink
+
+    rows = [{"id": f"i{k}", "sample": 0, "t0": 0.5, "status": "ok"} for k in range(7)]
+    sink = IndexDatasink(str(tmp_path), None, embed_images=False, rows_per_file=3)
+    sink.write([to_index_table(rows[:4]), to_index_table(rows[4:])], SimpleNamespace(task_idx=5))
+    files = sorted((tmp_path / "index").glob("*.parquet"))
+    assert [pq.read_metadata(f).num_rows for f in files] == [3, 3, 1]
+    sink.write([to_index_table(rows)], SimpleNamespace(task_idx=5))  # a retried task replaces its own files
+    assert sorted((tmp_path / "index").glob("*.parquet")) == files
