@@ -27,10 +27,24 @@ def index_schema(embed_images: bool = False, label_names: Sequence[str] | None =
     ``label`` is a ClassLabel with the model's class names when it has them."""
     fields = [(name, IMAGE_STRUCT if name == "image" and embed_images else TYPES[name]) for name in INDEX_COLUMNS]
     schema = pa.schema(fields)
-    if not embed_images:
-        return schema
-    features = _hf_features(schema, label_names)
-    return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": features}})})
+    metadata = {b"pandas": _PANDAS_METADATA}
+    if embed_images:
+        features = _hf_features(schema, label_names)
+        metadata[b"huggingface"] = json.dumps({"info": {"features": features}}).encode()
+    return schema.with_metadata(metadata)
+
+
+def _pandas_metadata() -> bytes:
+    """pandas' own schema metadata, for the integer columns only: pandas then reads them as its
+    nullable Int32 / Int64 (an error row's null width stays a missing integer, not a float NaN)."""
+    columns = [{"name": name, "field_name": name, "pandas_type": str(TYPES[name]),
+                "numpy_type": str(TYPES[name]).capitalize(), "metadata": None}
+               for name in INDEX_COLUMNS if pa.types.is_integer(TYPES[name])]
+    return json.dumps({"index_columns": [], "column_indexes": [], "columns": columns,
+                       "creator": {"library": "sdedit-pipeline"}}).encode()
+
+
+_PANDAS_METADATA = _pandas_metadata()
 
 
 def _hf_features(schema: pa.Schema, label_names: Sequence[str] | None) -> dict[str, Any]:

@@ -16,11 +16,12 @@ from typing import Any
 
 from pipeline.index import INDEX_DIR
 from pipeline.naming import INPUTS_DIR
-from pipeline.redact import redact_argv
+from pipeline.redact import redact_argv, strip_userinfo
 from pipeline.spec import JobSpec
 from pipeline.storage import join_uri, url_to_fs, write_atomic
 
 JOB_FILE = "job.json"
+CARD_FILE = "README.md"  # the dataset card: `datasets.load_dataset(OUT)` reads the index, not the pictures
 SHEET_FILE = "sheet.png"
 SWEEP_SHEET_FILE = "sweep_sheet.png"  # t0 sweeps only (pipeline.sweep)
 SWEEP_PLOT_FILE = "sweep_faithfulness.png"
@@ -63,7 +64,8 @@ def prepare_output(spec: JobSpec) -> None:
     if spec.output.if_exists == "resume":
         fs.makedirs(root, exist_ok=True)
         return
-    for name in (INDEX_DIR, IMAGES_DIR, INPUTS_DIR, JOB_FILE, SHEET_FILE, SWEEP_SHEET_FILE, SWEEP_PLOT_FILE):
+    for name in (INDEX_DIR, IMAGES_DIR, INPUTS_DIR, JOB_FILE, CARD_FILE, SHEET_FILE, SWEEP_SHEET_FILE,
+                 SWEEP_PLOT_FILE):
         path = join_uri(root, name)
         if fs.exists(path):
             fs.rm(path, recursive=True)
@@ -81,6 +83,46 @@ def write_job_record(spec: JobSpec, details: Mapping[str, Any]) -> None:
     }
     fs, root = url_to_fs(spec.output.uri, spec.options_for("output"))
     write_atomic(fs, join_uri(root, JOB_FILE), (json.dumps(record, indent=2, default=str) + "\n").encode())
+
+
+def write_dataset_card(spec: JobSpec, model: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    """OUT/README.md: a Hugging Face dataset card whose front matter points ``datasets`` at the index.
+
+    Without it ``datasets.load_dataset(OUT)`` guesses the imagefolder loader and returns the contact
+    sheets and plots as rows; with it, the index (one row per output, images embedded or as paths).
+    """
+    s, out = spec.sampling, spec.output
+    image = ("embedded in the index (`image` decodes to a PIL image)" if out.embed_images else
+             "files under `images/`; the index's `image` column holds their path relative to this folder")
+    text = f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: {INDEX_DIR}/*.parquet
+tags:
+- sdedit
+---
+# SDEdit outputs
+
+Made by sdedit-pipeline (`{" ".join(["sdedit", *redact_argv(sys.argv)[1:]])}`): SDEdit (Meng et al., ICLR 2022) over the
+guides of `{", ".join(strip_userinfo(m) for m in spec.input.manifests)}` with the model
+`{model.get("label")}`, sampler `{s.sampler}`, t0 {s.t0}{f" ({s.t0_mode})" if isinstance(s.t0, list) else ""},
+{s.samples} sample(s) per item, seed {s.seed}.
+
+- outputs: {summary.get("outputs_ok")} ok of {summary.get("outputs")} from {summary.get("items")} items
+  ({summary.get("items_failed")} items failed; the `status` and `error` columns say why)
+- images: {image}
+- `job.json`: the resolved job spec, model identity, versions and timings
+
+```python
+import datasets
+ds = datasets.load_dataset("path/to/this/folder", split="train")   # the index, one row per output
+ok = ds.filter(lambda r: r["status"] == "ok")
+```
+"""
+    fs, root = url_to_fs(spec.output.uri, spec.options_for("output"))
+    write_atomic(fs, join_uri(root, CARD_FILE), text.encode())
 
 
 def read_job_record(out_uri: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

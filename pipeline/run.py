@@ -24,7 +24,7 @@ from pipeline.jobfile import SpecError
 from pipeline.ledger import start_ledger
 from pipeline.lock import OutputLock
 from pipeline.manifest import ManifestError, manifest_format, missing_columns, peek_columns, read_manifests
-from pipeline.outdir import prepare_output, write_job_record
+from pipeline.outdir import prepare_output, write_dataset_card, write_job_record
 from pipeline.redact import redact_text, strip_userinfo
 from pipeline.resume import completed_outputs
 from pipeline.spec import JobSpec
@@ -258,6 +258,7 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
     done_with("summarize")
     write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict(),
                             "phases_s": phases})
+    write_dataset_card(spec, plan.describe(), summary.as_dict())
     log.info("sdedit: phases (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     if sheet and spec.output.sheet_items:
         _write_sheet(spec)

@@ -148,6 +148,18 @@ def test_index_reads_with_pyarrow_and_pandas(csv_run: dict[str, Any]) -> None:
     assert table.schema.field("sample").type == "int32" and table.schema.field("mask").type == "string"
     df = table.to_pandas()
     assert df.loc[df.id == "masked", "mask"].iloc[0].endswith("m3.png")
+    # Integer columns stay integers in pandas, error rows' nulls included (pandas metadata in the schema).
+    errors = df[df.status == "error"]
+    assert len(errors) and str(df.width.dtype) == "Int32" and errors.width.isna().all()
+    assert str(df.generator_seed.dtype) == "Int64" and not df.generator_seed.isna().any()
+
+
+def test_dataset_card_points_datasets_at_the_index(csv_run: dict[str, Any], tmp_path: Path) -> None:
+    card = (csv_run["out"] / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "path: index/*.parquet" in card
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(csv_run["out"]), split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == len(csv_run["df"]) and "faithfulness_l2" in ds.column_names  # the index, not the sheet
 
 
 def test_unsafe_ids_get_safe_names(csv_run: dict[str, Any]) -> None:
