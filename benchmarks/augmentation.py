@@ -82,12 +82,17 @@ def pairwise_rms(variants: torch.Tensor) -> np.ndarray:
 
 
 def checkpoint_record(model: sk.ScoreModel) -> dict | None:
-    """The checkpoint's training.json (steps done, recipe), when the model is a local folder that has one."""
+    """The checkpoint's training.json (steps done, recipe), when the model is a local folder that has one; a
+    warning on stderr when it is an intermediate checkpoint (steps_done < steps_planned)."""
     path = Path(model.source) / "training.json" if model.source else None
     try:
-        return json.loads(path.read_text()) if path and path.exists() else None
+        record = json.loads(path.read_text()) if path and path.exists() else None
     except (OSError, ValueError):
         return None
+    if record and record.get("steps_done", 0) < record.get("steps_planned", 0):
+        print(f"warning: {model.source} is an intermediate checkpoint ({record['steps_done']} of "
+              f"{record['steps_planned']} training steps)", file=sys.stderr)
+    return record
 
 
 # -- the classifier and its recipe -----------------------------------------------------------------------
