@@ -14,6 +14,7 @@ from .mask import composite, keep_region
 from .model import ScoreModel
 from .noise import Noise
 from .samplers import get_sampler
+from .text import Prompts
 
 
 def resolve_steps(model: ScoreModel, t0: float, steps: int | None = None, sampler: str = "ancestral") -> int:
@@ -57,6 +58,8 @@ def sdedit(
     callback: Callable[[int, torch.Tensor], None] | None = None,
     labels: torch.Tensor | Sequence[Label] | None = None,
     guidance_scale: float | torch.Tensor | Sequence[float] = 1.0,
+    prompts: Prompts = None,
+    negative_prompts: Prompts = None,
     **sampler_options: Any,
 ) -> torch.Tensor:
     """SDEdit (Meng et al., ICLR 2022) on a batch of guides.
@@ -73,6 +76,15 @@ def sdedit(
     null label, i.e. the unconditional model); labels=None leaves every item unlabelled. A LongTensor
     [B] works too. guidance_scale: classifier-free guidance weight w, one for the batch or a tensor
     [B]: 1 = the conditional model, 0 = the unconditional one, > 1 guided (sdedit_kernel.guidance).
+
+    prompts (text-conditional models): one string for every item or one per item; None, and None
+    entries, are the empty prompt "". negative_prompts: the unconditional half of guidance, per item
+    as prompts; None (or a None entry) is the empty prompt, as in diffusers. Prompts over the text
+    encoder's limit are truncated (sdedit_kernel.text.prompt_notes says which).
+
+    A latent model (sdedit_kernel.latent) takes the same pixel guide and mask and returns pixels: the
+    guide is encoded, the mask mapped to the latent grid, and kept pixels are the guide's own again
+    after decoding.
     """
     spec = get_sampler(sampler)
     options = spec.resolve_options(sampler_options)
@@ -82,12 +94,13 @@ def sdedit(
         raise SDEditError(f"passes must be an integer >= 1, got {passes!r}")
     guide = _check_guide(model, guide)
     mask = _check_mask(edit_mask, guide) if edit_mask is not None else None
-    denoiser = model.bind(guide.shape[0], labels=labels, guidance_scale=guidance_scale)
+    denoiser = model.bind(guide.shape[0], labels=labels, guidance_scale=guidance_scale, prompts=prompts,
+                          negative_prompts=negative_prompts)
 
     noise = Noise(generator, guide.shape[0])
     grid = model.sde.time_grid(t0, n)
     y = model.to_model_space(guide)
-    m = mask.to(device=y.device, dtype=torch.float32).expand_as(y) if mask is not None else None
+    m = model.mask_to_model_space(mask).expand_as(y) if mask is not None else None
     a0, s0 = model.sde.marginal(t0)
     start = y
     for p in range(passes):
@@ -116,6 +129,7 @@ def _check_guide(model: ScoreModel, guide: torch.Tensor) -> torch.Tensor:
         raise SDEditError(f"guide has {guide.shape[1]} channels, the model takes {model.channels}")
     if guide.numel() and not (torch.isfinite(guide).all() and guide.min() >= 0 and guide.max() <= 1):
         raise SDEditError("guide pixels must be finite and in [0, 1]")
+    model.check_pixel_size(guide.shape[2], guide.shape[3])
     return guide.float()
 
 

@@ -52,8 +52,7 @@ def accelerate(model: ScoreModel, options: ExecutionOptions) -> ScoreModel:
             raise SDEditError(f"autocast needs float32 weights; this model's weights are {model.dtype}")
         model.autocast = AUTOCAST_DTYPES[options.autocast]
     if options.channels_last:
-        model.net = model.net.to(memory_format=torch.channels_last)
-        model.channels_last = True
+        model.use_channels_last()
     if options.cudnn_benchmark and model.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if options.compile is not None:
@@ -71,33 +70,37 @@ def choose_batch_size(model: ScoreModel, *, limit: int = 256, memory_fraction: f
     largest batch that fits in ``memory_fraction`` of the free memory is taken, rounded down to a
     multiple of 8. Other devices have no memory to run out of at these sizes: batches double while
     images/s still rise by 10 % and one call stays under ``time_budget_s``. guided: size for
-    classifier-free guidance, whose network calls take twice the batch.
+    classifier-free guidance, whose network calls take twice the batch. A latent model is measured on
+    its latent state (``model.sample_size`` stays in pixels); its VAE runs in slices
+    (LatentScoreModel.vae_batch) after the loop, so the network's batch is what this sizes.
     """
     if limit < 1:
         raise SDEditError(f"limit must be >= 1, got {limit}")
     shape = _item_shape(model)
-    if guided and model.null_label is None:
-        raise SDEditError("guided=True needs a class-conditional model with a null label")
+    if guided and not model.can_guide:
+        raise SDEditError("guided=True needs a text-conditional model or a class-conditional one with a null label")
     if model.device.type == "cuda":
         return _batch_from_memory(model, shape, limit, memory_fraction, guided)
     return _batch_from_speed(model, shape, limit, time_budget_s, guided)
 
 
 STATE_COPIES = 12  # x, x0, eps, noise, guide, mask, the multistep history and temporaries
+PIXEL_COPIES = 4  # a latent model also holds the pixel guide, mask, decoded image and output
 
 
 def _item_shape(model: ScoreModel) -> tuple[int, int, int]:
+    """One item's state (latents for a latent model) at the model's sample_size in pixels."""
     size = model.sample_size
     if model.channels is None or size is None:
         raise SDEditError("choose_batch_size needs the model's channels and sample_size")
     h, w = (size, size) if isinstance(size, int) else size
-    return int(model.channels), int(h), int(w)
+    return model.state_shape(int(h), int(w))
 
 
 @torch.inference_mode()
 def _call(model: ScoreModel, shape: tuple[int, int, int], batch: int, guided: bool) -> None:
     x = torch.randn(batch, *shape, device=model.device)
-    labels = [0] * batch if model.classes is not None else None  # any label costs the same
+    labels = [0] * batch if model.classes is not None else None  # any label (or prompt) costs the same
     model.bind(batch, labels=labels, guidance_scale=2.0 if guided else 1.0).predict(x, 0.5)
 
 
@@ -116,6 +119,10 @@ def _batch_from_memory(model: ScoreModel, shape: tuple[int, int, int], limit: in
 
     small, large = peak(1), peak(4)
     per_item = max(1.0, (large - small) / 3) + STATE_COPIES * 4 * shape[0] * shape[1] * shape[2]
+    size = model.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    if shape != (model.channels, h, w):  # latent state: the pixels are extra
+        per_item += PIXEL_COPIES * 4 * model.channels * h * w
     fixed = max(0.0, small - per_item)
     free, _ = torch.cuda.mem_get_info(device)
     fits = int((free * fraction - fixed) // per_item)

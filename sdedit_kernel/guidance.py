@@ -1,8 +1,9 @@
 """A condition bound into the model the samplers see, with classifier-free guidance (Ho & Salimans 2021).
 
 The samplers call `predict(x, t)` and never ask what the model is conditioned on: `ScoreModel.bind`
-returns a `ConditionedModel` that carries the batch's network inputs (class labels now; a text
-model's embeddings would be bound the same way) and each item's guidance weight w:
+returns a `ConditionedModel` that carries the batch's network inputs (`class_labels` for a
+class-conditional model, `encoder_hidden_states` for a text-conditional one: sdedit_kernel.labels and
+sdedit_kernel.text build them) and each item's guidance weight w:
 
     eps = eps_u + w (eps_c - eps_u),   x0 = (x - s eps) / a,
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,8 +22,8 @@ from .errors import CheckpointError, SDEditError
 from .labels import ClassLabels, check_class_embedding, classes_from_config, parse_labels_file
 from .model import ScoreModel
 from .sde import VESDE, VPSDE
+from .store import Store
 
-WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 VP_SCHEDULERS = {
     "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -33,44 +33,17 @@ VP_SCHEDULERS = {
 VE_SCHEDULERS = {"ScoreSdeVeScheduler", "KarrasVeScheduler"}
 
 
-class _Store:
-    """Read-only file access under a checkpoint root: the local disk, or fsspec for a URI."""
+@dataclass(frozen=True)
+class PixelLayout:
+    """What a pixel-space UNet2DModel folder declares, read from its configs (no weights)."""
 
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None) -> None:
-        self.uri = uri.rstrip("/")
-        if "://" in uri and not uri.startswith("file://"):
-            import fsspec  # lazily: only remote checkpoints need it
-
-            self.fs, self.root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-            self.root = self.root.rstrip("/")
-        else:
-            self.fs, self.root = None, os.path.abspath(uri.removeprefix("file://"))
-            if not os.path.isdir(self.root):
-                raise CheckpointError(f"{uri}: no such checkpoint folder")
-
-    def exists(self, rel: str) -> bool:
-        path = f"{self.root}/{rel}"
-        return self.fs.isfile(path) if self.fs else os.path.isfile(path)
-
-    def read(self, rel: str) -> bytes:
-        path = f"{self.root}/{rel}"
-        try:
-            if self.fs:
-                with self.fs.open(path, "rb") as f:
-                    return f.read()
-            with open(path, "rb") as f:
-                return f.read()
-        except (FileNotFoundError, OSError) as e:
-            raise CheckpointError(f"{self.uri}/{rel}: cannot read ({e})") from e
-
-    def json(self, rel: str) -> dict[str, Any]:
-        try:
-            data = json.loads(self.read(rel))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{self.uri}/{rel}: not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{self.uri}/{rel}: expected a JSON object")
-        return data
+    unet_dir: str  # "" (flat layout) or "unet/" (pipeline layout)
+    config: dict[str, Any]
+    sde: VPSDE | VESDE
+    prediction: str
+    data_range: tuple[float, float]
+    classes: ClassLabels | None
+    weights_name: str
 
 
 def load_score_model(
@@ -79,32 +52,25 @@ def load_score_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     storage_options: dict[str, Any] | None = None,
+    variant: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> ScoreModel:
-    """A ScoreModel from a diffusers UNet2DModel folder: flat (config.json, scheduler_config.json and
-    weights at the root) or pipeline (model_index.json, unet/, scheduler/)."""
-    store = _Store(os.fspath(uri), storage_options)
-    if store.exists("model_index.json"):
-        unet_dir, sched_file = "unet/", "scheduler/scheduler_config.json"
-    elif store.exists("config.json"):
-        unet_dir, sched_file = "", "scheduler_config.json"
-    else:
-        raise CheckpointError(f"{store.uri}: neither config.json (flat layout) nor model_index.json "
-                              "(pipeline layout) found")
-    config = store.json(unet_dir + "config.json")
-    cls = config.get("_class_name", "UNet2DModel")
-    if cls != "UNet2DModel":
-        raise CheckpointError(f"{store.uri}/{unet_dir}config.json: _class_name is {cls!r}; only UNet2DModel "
-                              "(pixel-space score models) is supported")
-    if not store.exists(sched_file):
-        raise CheckpointError(f"{store.uri}/{sched_file}: missing; SDEdit needs the noise schedule the model "
-                              "was trained with")
-    sched = store.json(sched_file)
-    sde, prediction, data_range = sde_from_scheduler_config(sched, f"{store.uri}/{sched_file}")
-    classes = _read_classes(store, unet_dir, config)
+    """A ScoreModel from a diffusers folder, local or any fsspec URI.
 
-    weights_name = next((n for n in WEIGHT_NAMES if store.exists(unet_dir + n)), None)
-    if weights_name is None:
-        raise CheckpointError(f"{store.uri}/{unet_dir}: no weights ({' or '.join(WEIGHT_NAMES)})")
+    Pixel models: a UNet2DModel folder, flat (config.json, scheduler_config.json and weights at the
+    root) or pipeline (model_index.json, unet/, scheduler/). Latent models (Stable Diffusion 1.x/2.x):
+    a pipeline folder whose model_index.json names a vae; see sdedit_kernel.latent_loader, which also
+    explains `cache_dir` (where a remote latent checkpoint is copied once per node). variant: the
+    weights' file variant (e.g. "fp16" reads diffusion_pytorch_model.fp16.safetensors).
+    """
+    store = Store(os.fspath(uri), storage_options)
+    index = store.json("model_index.json") if store.exists("model_index.json") else None
+    if index is not None and is_latent_index(index):
+        from .latent_loader import load_latent_model
+
+        return load_latent_model(store, index, device=device, dtype=dtype, variant=variant, cache_dir=cache_dir)
+    layout = pixel_layout(store, pipeline=index is not None, variant=variant)
+    unet_dir, config, weights_name = layout.unet_dir, layout.config, layout.weights_name
     raw = store.read(unet_dir + weights_name)
     where = f"{store.uri}/{unet_dir}{weights_name}"
     state = _read_weights(raw, weights_name, where)
@@ -127,13 +93,55 @@ def load_score_model(
     if config.get("class_embed_type") == "timestep" and dtype != torch.float32:
         # diffusers feeds the float32 time projection of the labels to a half-precision Linear
         net.class_embedding.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.linear_1.weight.dtype),))
+    sde, prediction, data_range, classes = layout.sde, layout.prediction, layout.data_range, layout.classes
     sample = net.config.sample_size
     return ScoreModel(net, sde, prediction, data_range, channels=net.config.in_channels,
                       sample_size=tuple(sample) if isinstance(sample, list | tuple) else sample,
                       digest=hashlib.sha256(raw).hexdigest(), source=store.uri, classes=classes)
 
 
-def _read_classes(store: _Store, unet_dir: str, config: dict[str, Any]) -> ClassLabels | None:
+def pixel_layout(store: Store, *, pipeline: bool, variant: str | None = None) -> PixelLayout:
+    """The configs of a pixel-space UNet2DModel folder, checked; only existence is asked of the weights."""
+    if pipeline:
+        unet_dir, sched_file = "unet/", "scheduler/scheduler_config.json"
+    elif store.exists("config.json"):
+        unet_dir, sched_file = "", "scheduler_config.json"
+    else:
+        raise CheckpointError(f"{store.uri}: neither config.json (flat layout) nor model_index.json "
+                              "(pipeline layout) found")
+    config = store.json(unet_dir + "config.json")
+    cls = config.get("_class_name", "UNet2DModel")
+    if cls != "UNet2DModel":
+        raise CheckpointError(f"{store.uri}/{unet_dir}config.json: _class_name is {cls!r}; only UNet2DModel "
+                              "(pixel-space score models) is supported here; latent models need a pipeline "
+                              "folder whose model_index.json names a vae")
+    if not store.exists(sched_file):
+        raise CheckpointError(f"{store.uri}/{sched_file}: missing; SDEdit needs the noise schedule the model "
+                              "was trained with")
+    sde, prediction, data_range = sde_from_scheduler_config(store.json(sched_file), f"{store.uri}/{sched_file}")
+    classes = _read_classes(store, unet_dir, config)
+    names = weight_names("diffusers", variant)
+    weights_name = next((n for n in names if store.exists(unet_dir + n)), None)
+    if weights_name is None:
+        raise CheckpointError(f"{store.uri}/{unet_dir}: no weights ({' or '.join(names)})")
+    return PixelLayout(unet_dir, config, sde, prediction, data_range, classes, weights_name)
+
+
+def weight_names(library: str, variant: str | None = None) -> tuple[str, str]:
+    """The weight file names a diffusers or transformers component may have, safetensors first."""
+    stem = {"diffusers": ("diffusion_pytorch_model", "diffusion_pytorch_model"),
+            "transformers": ("model", "pytorch_model")}[library]
+    v = f".{variant}" if variant else ""
+    return f"{stem[0]}{v}.safetensors", f"{stem[1]}{v}.bin"
+
+
+def is_latent_index(index: dict[str, Any]) -> bool:
+    """A pipeline folder is a latent model when its model_index.json names a VAE."""
+    entry = index.get("vae")
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
+
+
+def _read_classes(store: Store, unet_dir: str, config: dict[str, Any]) -> ClassLabels | None:
     """The network's labels: config.json's class embedding, named by labels.json when there is one
     (the unet folder's first, then the root's)."""
     try:

@@ -1,16 +1,19 @@
 """ScoreModel: one contract for any network, so samplers never ask what kind of model they run.
 
 The network is called as diffusers' UNet2DModel is, `net(x, t)` (plus `class_labels=` for a
-class-conditional one), returning a tensor or an object with `.sample`. Whatever it predicts
-(epsilon, the clean sample, v, or the score), `predict` returns both the clean-data estimate x0 and
-the noise estimate eps at time t, in float32. A conditional model is first bound to a batch's
-condition (`bind`), which gives the samplers an object with the same `predict(x, t)`.
+class-conditional one, `encoder_hidden_states=` for a text-conditional one), returning a tensor or an
+object with `.sample`. Whatever it predicts (epsilon, the clean sample, v, or the score), `predict`
+returns both the clean-data estimate x0 and the noise estimate eps at time t, in float32. A
+conditional model is first bound to a batch's condition (`bind`), which gives the samplers an object
+with the same `predict(x, t)`. The model also owns the map between pixels and the space it runs in
+(`to_model_space`, `to_pixels`, `mask_to_model_space`): the identity up to scaling here, a VAE for a
+latent model (sdedit_kernel.latent), so `sdedit` never asks which kind it runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -18,6 +21,9 @@ from .errors import SDEditError
 from .guidance import ConditionedModel
 from .labels import ClassLabels, Label, classes_from_config, guidance_scales
 from .sde import VESDE, VPSDE
+
+if TYPE_CHECKING:  # text.py imports guidance, not this module; the import is for annotations only
+    from .text import Prompts, TextEncoder
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction", "score")
 
@@ -46,9 +52,11 @@ class ScoreModel:
         digest: str | None = None,
         source: str | None = None,
         classes: ClassLabels | None = None,
+        text: TextEncoder | None = None,
     ) -> None:
         """classes: the labels of a class-conditional network; None reads them from its config
-        (num_class_embeds labels, no names, no null label), or none for an unconditional network."""
+        (num_class_embeds labels, no names, no null label), or none for an unconditional network.
+        text: the prompt encoder of a text-conditional network (sdedit_kernel.text)."""
         if prediction not in PREDICTIONS:
             raise SDEditError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if prediction == "v_prediction" and not isinstance(sde, VPSDE):
@@ -66,6 +74,9 @@ class ScoreModel:
         self.digest = digest
         self.source = source
         self.classes = _check_classes(classes, cfg)
+        if text is not None and self.classes is not None:
+            raise SDEditError("a network conditioned on both text and class labels is not supported")
+        self.text = text
         first = next(iter(net.parameters()), None) if hasattr(net, "parameters") else None
         self.device = first.device if first is not None else torch.device("cpu")
         self.dtype = first.dtype if first is not None else torch.float32
@@ -104,14 +115,34 @@ class ScoreModel:
             raise SDEditError(f"label {label!r} given, but this model is not class-conditional")
         return self.classes.resolve(label)
 
-    def bind(self, batch: int, *, labels: torch.Tensor | Sequence[Label] | None = None,
-             guidance_scale: float | torch.Tensor | Sequence[float] = 1.0) -> Denoiser:
-        """The model the samplers see for one batch: this one, or a ConditionedModel with the labels bound.
+    @property
+    def conditioning(self) -> str | None:
+        """"text", "class" or None (unconditional)."""
+        return "text" if self.text is not None else "class" if self.classes is not None else None
 
-        labels: [B] indices, names or None (unlabelled: the null label); None for all unlabelled.
-        guidance_scale: w, one for the batch or one per item (see sdedit_kernel.guidance).
+    @property
+    def can_guide(self) -> bool:
+        """Whether classifier-free guidance can run: a text model (the empty prompt is its unconditional
+        model) or a class model with a null label."""
+        return self.text is not None or self.null_label is not None
+
+    def bind(self, batch: int, *, labels: torch.Tensor | Sequence[Label] | None = None,
+             guidance_scale: float | torch.Tensor | Sequence[float] = 1.0,
+             prompts: Prompts = None, negative_prompts: Prompts = None) -> Denoiser:
+        """The model the samplers see for one batch: this one, or a ConditionedModel with the condition bound.
+
+        labels (class-conditional): [B] indices, names or None (unlabelled: the null label); None for
+        all unlabelled. prompts / negative_prompts (text-conditional): one string for every item or
+        one per item, None entries the empty prompt (sdedit_kernel.text). guidance_scale: w, one for
+        the batch or one per item (sdedit_kernel.guidance).
         """
         scales = guidance_scales(guidance_scale, batch)
+        if self.text is not None:
+            if labels is not None:
+                raise SDEditError("labels were given, but this model is text-conditional: give prompts")
+            return ConditionedModel(self, self.text.condition(prompts, negative_prompts, scales, self.dtype))
+        if prompts is not None or negative_prompts is not None:
+            raise SDEditError("prompts were given, but this model is not text-conditional")
         if self.classes is None:
             if labels is not None:
                 raise SDEditError("labels were given, but this model is not class-conditional")
@@ -119,6 +150,23 @@ class ScoreModel:
                 raise SDEditError("guidance_scale != 1 needs a class-conditional model; this one is unconditional")
             return self
         return ConditionedModel(self, self.classes.condition(labels, scales, self.device))
+
+    # -- pixels <-> the space the network runs in ------------------------------------------------
+    def check_pixel_size(self, height: int, width: int) -> None:
+        """Raise SDEditError for a guide size the model cannot run (any size suits a pixel model)."""
+
+    def state_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """The (channels, height, width) of one item's state for guides of height x width pixels."""
+        return int(self.channels), int(height), int(width)
+
+    def mask_to_model_space(self, edit_mask: torch.Tensor) -> torch.Tensor:
+        """The edit mask [B, C, H, W] on the state's grid (the pixel grid itself here)."""
+        return edit_mask.to(device=self.device, dtype=torch.float32)
+
+    def use_channels_last(self) -> None:
+        """Run the network(s) with channels-last memory (sdedit_kernel.execution)."""
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self.channels_last = True
 
     # -- the contract -------------------------------------------------------------------------
     @torch.no_grad()
@@ -134,9 +182,10 @@ class ScoreModel:
         _, s = self.sde.marginal(t)
         if s <= 0:
             raise SDEditError(f"the model cannot be evaluated at t={t}: there is no noise there")
-        if self.classes is not None and not inputs:
-            raise SDEditError("this model is class-conditional: bind labels first (sdedit(..., labels=...) "
-                              "or model.bind(batch, labels=...))")
+        if self.conditioning is not None and not inputs:
+            what = "prompts" if self.text is not None else "labels"
+            raise SDEditError(f"this model is {self.conditioning}-conditional: bind {what} first "
+                              f"(sdedit(..., {what}=...) or model.bind(batch, {what}=...))")
         tt = torch.full((x.shape[0],), self.sde.model_time(t), device=x.device, dtype=torch.float32)
         out = self._call_net(x, tt, inputs)
         if out.shape != x.shape:
@@ -176,7 +225,8 @@ class ScoreModel:
 
     def __repr__(self) -> str:
         classes = f", classes={self.classes!r}" if self.classes is not None else ""
-        return (f"ScoreModel({type(self.net).__name__}, {self.sde!r}, prediction={self.prediction!r}, "
+        classes += ", text" if self.text is not None else ""
+        return (f"{type(self).__name__}({type(self.net).__name__}, {self.sde!r}, prediction={self.prediction!r}, "
                 f"data_range={self.data_range}, source={self.source!r}{classes})")
 
 
