@@ -41,7 +41,7 @@ class DecodeSettings:
     done: frozenset[tuple[str, float | None, int]] = field(default=frozenset(), repr=False)
     out_uri: str | None = None  # where built guides and masks are recorded (OUT/inputs/); None: nowhere
     out_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
-    conditional: bool = False  # a class-conditional model: rows carry label and guidance_scale
+    conditioning: str | None = None  # "class" (rows carry label, guidance) or "text" (prompts, guidance)
 
 
 def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
@@ -64,9 +64,12 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
         pixels = edit_mask = None
         error, error_kind = row["error"], row["error_kind"]
         notes: list[str] = []
-        guidance = None
-        if settings.conditional:
+        guidance = prompt = negative = None
+        if settings.conditioning is not None:
             guidance = row["guidance_scale"] if row["guidance_scale"] is not None else sampling.guidance_scale
+        if settings.conditioning == "text":
+            prompt = row["prompt"] if row["prompt"] is not None else sampling.prompt
+            negative = row["negative_prompt"] if row["negative_prompt"] is not None else sampling.negative_prompt
         record = {name: strip_userinfo(row[name]) if row.get(name) else None for name in INPUT_COLUMNS}
         record["workflow"] = row.get("workflow") or "guide"
         if error is None:
@@ -80,7 +83,8 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
         for t0, sample in todo:
             values = {
                 "id": row["id"], "sample": sample, "t0": t0, "seed": seed, "label": row["label"],
-                "label_name": row["label_name"], "guidance_scale": guidance,
+                "label_name": row["label_name"], "guidance_scale": guidance, "prompt": prompt,
+                "negative_prompt": negative,
                 "guide": strip_userinfo(row["guide"]) if row["guide"] else None,
                 "mask": strip_userinfo(row["mask"]) if row["mask"] else None,
                 # Not seeded by t0: every t0 of a sweep starts from the same noise, so a sweep's

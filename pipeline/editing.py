@@ -123,8 +123,12 @@ class Editor:
         generators = [torch.Generator(device=rng_device).manual_seed(rows[i]["generator_seed"]) for i in indices]
         steps = resolve_steps(self.model, t0, s.steps, s.sampler)
         condition: dict[str, Any] = {}
-        if self.model.classes is not None:  # each item its own label (None: unlabelled) and guidance scale
+        if self.model.conditioning == "class":  # each item its own label (None: unlabelled) and guidance scale
             condition = {"labels": [rows[i]["label"] for i in indices],
+                         "guidance_scale": [rows[i]["guidance_scale"] for i in indices]}
+        elif self.model.conditioning == "text":  # each item its own prompt, negative prompt and guidance scale
+            condition = {"prompts": [rows[i]["prompt"] for i in indices],
+                         "negative_prompts": [rows[i]["negative_prompt"] for i in indices],
                          "guidance_scale": [rows[i]["guidance_scale"] for i in indices]}
         start = time.perf_counter()
         edited = sdedit(
@@ -136,11 +140,30 @@ class Editor:
         diff = out_u8.astype(np.float64) / 255.0 - guide_u8.astype(np.float64) / 255.0
         l2 = np.sqrt((diff**2).reshape(len(indices), -1).mean(axis=1))
         calls = model_calls(s.sampler, steps, s.passes, **dict(s.options))
+        notes = self._prompt_notes(rows, indices) if self.model.conditioning == "text" else {}
         for k, i in enumerate(indices):
             results[i].update(
                 output=np.ascontiguousarray(out_u8[k]).tobytes(), steps=steps, model_calls=calls,
                 faithfulness_l2=float(l2[k]), duration_ms=per_item_ms,
             )
+            if notes.get(i):
+                results[i]["notes"] = "; ".join(filter(None, [results[i]["notes"], notes[i]]))
+
+    def _prompt_notes(self, rows: Sequence[Mapping[str, Any]], indices: list[int]) -> dict[int, str]:
+        """A note for each output whose prompt or negative prompt the text encoder truncated, or whose
+        prompt was empty (stated: the model then ran on the empty prompt)."""
+        from sdedit_kernel import prompt_notes
+
+        found: dict[int, str] = {}
+        for column, prefix in (("prompt", ""), ("negative_prompt", "negative prompt: ")):
+            cut = prompt_notes(self.model, [rows[i][column] for i in indices])
+            for i, note in zip(indices, cut, strict=True):
+                if note:
+                    found[i] = "; ".join(filter(None, [found.get(i), prefix + note]))
+        for i in indices:
+            if rows[i]["prompt"] is None:
+                found[i] = "; ".join(filter(None, [found.get(i), "no prompt: the empty prompt was used"]))
+        return found
 
 
 def probe_batch_size(settings: EditSettings, limit: int = 1024) -> int:
@@ -150,5 +173,5 @@ def probe_batch_size(settings: EditSettings, limit: int = 1024) -> int:
     editor = Editor(replace(settings, model=settings.model.model_copy(update={"compile": "off"})))
     editor.model.sample_size = (settings.working.height, settings.working.width)  # the job's working size
     cap = limit if editor.model.device.type == "cuda" else min(limit, 256)
-    guided = editor.model.classes is not None and settings.sampling.guidance_scale != 1
+    guided = editor.model.can_guide and settings.sampling.guidance_scale != 1
     return choose_batch_size(editor.model, limit=cap, guided=guided)

@@ -18,7 +18,7 @@ from pipeline.rows import TYPES, names
 from pipeline.storage import arrow_filesystem, join_uri, url_to_fs
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-INDEX_COLUMNS = names("index")  # the contract columns, in order (pipeline.rows)
+INDEX_COLUMNS: list[str] = list(names("index"))  # the contract columns, in order (pipeline.rows)
 INDEX_DIR = "index"
 
 

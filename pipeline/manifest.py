@@ -31,7 +31,7 @@ from sdedit_kernel import ClassLabels
 WORKFLOW_COLUMNS = {"guide": ("guide",), "composite": ("base", "overlay"), "stroke_edit": ("original", "edited")}
 _OPTIONAL = {"composite": ("overlay_mask", "x", "y", "scale"), "stroke_edit": ()}
 _NOT_A_WAY = ("id", "t0", "seed", "samples", "mask", "margin", "threshold", "label",  # columns any way may carry
-              "guidance_scale")
+              "guidance_scale", "prompt", "negative_prompt")
 _FORMATS = {
     "parquet": (".parquet", ".pq"),
     "csv": (".csv", ".csv.gz", ".tsv"),
@@ -120,7 +120,8 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any], classes: ClassLabe
         # Only an empty cell is "no value": pyarrow's default null words ("NA", "null", "nan"...) would
         # turn an id "NA" into a missing id and an explicit "nan" t0 into no override.
         convert = pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in ("id", "label", "image", *URI_COLUMNS)}, strings_can_be_null=True,
+            column_types={c: pa.string() for c in ("id", "label", "image", "prompt", "negative_prompt",
+                                                   *URI_COLUMNS)}, strings_can_be_null=True,
             null_values=[""],
         )
         parse = pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
@@ -185,6 +186,9 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
                                       "threshold applies to stroke-edit rows (original + edited) only"))
         for name in ("x", "y", "scale", "t0", "seed", "samples", "guidance_scale"):
             out[name].append(_override(name, columns[name][i], problems))
+        for name in ("prompt", "negative_prompt"):  # text as given; an empty cell is "none"
+            value = columns[name][i]
+            out[name].append(None if _missing(value) else str(value))
         label, name = _label(columns["label"][i], classes, problems)
         out["label"].append(label)
         out["label_name"].append(name)

@@ -78,6 +78,9 @@ COLUMNS: tuple[Column, ...] = (
     _col("scale", pa.float64(), {"read", "manifest"}),
     _col("margin", pa.int64(), {"read", "manifest"}, "input.composite_margin / input.edit_margin"),
     _col("threshold", pa.int64(), {"read", "manifest"}, "input.edit_threshold (stroke edits)"),
+    # Text-conditional (latent) models: the prompt and negative prompt the output was made with.
+    _col("prompt", pa.string(), _GIVEN, "text prompt; a manifest value overrides sampling.prompt"),
+    _col("negative_prompt", pa.string(), _GIVEN, "negative prompt (the unconditional half of guidance)"),
     # A guide given as image bytes in the manifest (a datasets-style `image` column).
     _col("guide_bytes", pa.binary(), {"manifest"}, "the manifest's embedded guide image, encoded"),
     # Payloads between stages.

@@ -10,25 +10,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import ray
 
 from pipeline.actor import ActorSettings, SDEditor
-from pipeline.builtin import resolve_model_uri
 from pipeline.decode import DecodeSettings, decode_batch
-from pipeline.editing import EditSettings, model_label
-from pipeline.images import MODES, WorkingSize
-from pipeline.jobfile import SpecError
+from pipeline.editing import EditSettings
 from pipeline.ledger import start_ledger
 from pipeline.lock import OutputLock
-from pipeline.manifest import ManifestError, manifest_format, missing_columns, peek_columns, read_manifests
+from pipeline.manifest import read_manifests
 from pipeline.outdir import prepare_output, write_dataset_card, write_job_record
-from pipeline.redact import redact_text, strip_userinfo
+from pipeline.preflight import Plan, preflight
+from pipeline.redact import strip_userinfo
 from pipeline.resume import completed_outputs
 from pipeline.spec import JobSpec
-from pipeline.storage import absolute_uri, url_to_fs
 from pipeline.summary import RunSummary, summarize
 from pipeline.write import IndexDatasink, WriteSettings, write_batch
 
@@ -37,130 +34,13 @@ log = logging.getLogger("pipeline")
 IO_TASK_CPUS = 0.25  # decode and write are light; fractional CPUs keep them schedulable next to actors
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What the preflight learned from the model: the working image shape and the model identity."""
-
-    channels: int
-    height: int
-    width: int
-    label: str
-    sde: str
-    steps: int
-    batch_size: int = 8  # resources.batch_size, or the measured one when it says auto
-    classes: Any = None  # sdedit_kernel.ClassLabels of a class-conditional model, else None
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return tuple(self.classes.names or ()) if self.classes is not None else ()
-
-    def working(self, spec: JobSpec) -> WorkingSize:
-        return WorkingSize(self.channels, self.height, self.width, spec.input.fit)
-
-    def describe(self) -> dict[str, Any]:
-        return {"label": self.label, "sde": self.sde, "channels": self.channels,
-                "image_size": [self.height, self.width], "steps_at_job_t0": self.steps,
-                "batch_size": self.batch_size, **({} if self.classes is None else {"classes": {
-                    "num_classes": self.classes.num_classes, "names": list(self.classes.names or []),
-                    "null_label": self.classes.null_label}})}
-
-
-def preflight(spec: JobSpec) -> Plan:
-    """Load the model once in the driver and check the spec against it; raises :class:`SpecError`."""
-    import torch
-
-    from sdedit_kernel import load_score_model, resolve_steps
-
-    problems: list[tuple[str, str]] = []
-    with_label: list[str] = []  # manifests with / without a label column (JSON Lines: checked per row)
-    without_label: list[str] = []
-    for raw_uri in spec.input.manifests:
-        uri = strip_userinfo(raw_uri)  # messages only; a URI may carry user:password
-        try:
-            fmt = manifest_format(raw_uri, spec.input.format)
-            fs, path = url_to_fs(absolute_uri(raw_uri), spec.options_for("input"))
-            if not fs.exists(path):
-                problems.append(("input.manifest", f"{uri} does not exist"))
-                continue
-            columns = peek_columns(raw_uri, fmt, spec.options_for("input"))
-            if columns == []:
-                problems.append(("input.manifest", f"{uri} is empty: no header and no rows"))
-                continue
-            missing = missing_columns(columns) if columns is not None else []
-            if missing:
-                problems.append(("input.manifest", f"{uri} lacks column(s) {', '.join(missing)}"))
-            if columns is not None and fmt != "jsonl":
-                (with_label if "label" in columns else without_label).append(uri)
-        except ManifestError as e:
-            problems.append(("input.format" if "input.format" in str(e) else "input.manifest",
-                             strip_userinfo(_strip(e))))
-        except Exception as e:  # noqa: BLE001 - a storage error here means the job cannot run
-            reason = f"{type(e).__name__}: {redact_text(str(e))[:300]}"
-            problems.append(("input.manifest", f"{uri}: cannot read: {reason}"))
-    try:
-        model = load_score_model(resolve_model_uri(spec.model.uri), device="cpu", dtype=torch.float32,
-                                 storage_options=spec.options_for("model") or None)
-    except Exception as e:  # noqa: BLE001 - CheckpointError, missing files, network errors alike
-        raise SpecError([*problems, ("model.uri", f"{type(e).__name__}: {redact_text(str(e))}")]) from None
-    if model.channels not in MODES:
-        problems.append(("model.uri", f"models with {model.channels} channels are not supported (1 or 3)"))
-    problems += _label_problems(spec, model, with_label, without_label)
-    height, width = _image_size(spec, model.sample_size, problems)
-    steps = 0
-    try:
-        # A sweep is checked at each t0; the plan keeps the steps at the costliest.
-        steps = max(resolve_steps(model, t0, spec.sampling.steps, spec.sampling.sampler)
-                    for t0 in spec.sampling.t0_values)
-    except ValueError as e:
-        problems.append(("sampling.steps" if spec.sampling.steps else "sampling.t0", str(e)))
-    if problems:
-        raise SpecError(problems)
-    batch = spec.resources.batch_size
-    return Plan(channels=model.channels, height=height, width=width, steps=steps,
-                batch_size=batch if isinstance(batch, int) else 0,
-                label=model_label(spec.model.uri, model.digest), sde=type(model.sde).__name__,
-                classes=model.classes)
-
-
-def _label_problems(spec: JobSpec, model: Any, with_label: list[str],
-                    without_label: list[str]) -> list[tuple[str, str]]:
-    """A class-conditional model needs labels it knows (or a null label); an unconditional one takes none."""
-    name, guidance = spec.model.uri, spec.sampling.guidance_scale
-    found: list[tuple[str, str]] = []
-    if model.classes is None:
-        if guidance != 1:
-            found.append(("sampling.guidance_scale", f"{guidance} needs a class-conditional model; {name} is "
-                          "unconditional"))
-        found += [("input.manifest", f"{u} has a label column, but {name} is not class-conditional (drop the "
-                   "column or use a class-conditional model)") for u in with_label]
-    elif model.classes.null_label is None:
-        if guidance != 1:
-            found.append(("sampling.guidance_scale", f"{guidance} needs the unconditional model, and {name} has "
-                          "no null label (labels.json null_label)"))
-        found += [("input.manifest", f"{u} has no label column, and {name} has no null label: every row needs "
-                   "a label") for u in without_label]
-    return found
-
-
-def _image_size(spec: JobSpec, sample_size: Any, problems: list[tuple[str, str]]) -> tuple[int, int]:
-    size = spec.input.image_size if spec.input.image_size is not None else sample_size
-    if size is None:
-        problems.append(("input.image_size", "the model declares no sample_size; set input.image_size"))
-        return 0, 0
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def _strip(e: Exception) -> str:
-    return str(e).split(": ", 1)[1] if str(e).startswith("input.") else str(e)
-
-
 def decode_settings(spec: JobSpec, plan: Plan,
                     done: frozenset[tuple[str, float | None, int]] = frozenset()) -> DecodeSettings:
     """The decode stage's settings; ``sdedit tune-t0`` decodes its sample with the same ones."""
     return DecodeSettings(
         working=plan.working(spec), input=spec.input, sampling=spec.sampling, layout=spec.layout,
         storage_options=spec.options_for("input"), done=done,
-        out_uri=spec.output.uri, out_options=spec.options_for("output"), conditional=plan.classes is not None,
+        out_uri=spec.output.uri, out_options=spec.options_for("output"), conditioning=plan.conditioning,
     )
 
 

@@ -246,9 +246,17 @@ class SamplingSpec(_Section):
         "is recorded in every index row.",
     )
     guidance_scale: float = Field(
-        1.0, **GUIDANCE.bounds(), description="Class-conditional models: classifier-free guidance, diffusers' "
-        "meaning (1 = the conditional model alone, > 1 = guided, 0 = the unconditional model); needs a model "
-        "with a null label unless 1. Manifest column guidance_scale overrides.",
+        1.0, **GUIDANCE.bounds(), description="Class- or text-conditional models: classifier-free guidance, "
+        "diffusers' meaning (1 = the conditional model alone, > 1 = guided, 0 = the unconditional model); a "
+        "class-conditional model needs a null label unless 1. Manifest column guidance_scale overrides.",
+    )
+    prompt: str | None = Field(
+        None, description="Text-conditional (latent) models: the prompt of rows without a prompt column value "
+        "(none: the empty prompt). Manifest column prompt overrides.",
+    )
+    negative_prompt: str | None = Field(
+        None, description="Text-conditional models: the negative prompt, the unconditional half of guidance "
+        "(none: the empty prompt, as diffusers). Manifest column negative_prompt overrides.",
     )
     sampler: str = Field(DEFAULT_SAMPLER, description="Reverse-SDE sampler (see sdedit_kernel.SAMPLERS).")
     options: dict[str, Any] = Field(

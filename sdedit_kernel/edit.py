@@ -18,16 +18,19 @@ from .text import Prompts
 
 
 def resolve_steps(model: ScoreModel, t0: float, steps: int | None = None, sampler: str = "ancestral") -> int:
-    """The number of reverse steps actually taken from t0 to 0; never zero, never silently cut."""
+    """The number of reverse steps actually taken from t0 to 0; never zero, never silently cut.
+
+    A t0 below one training step of the model (round(t0 * N) = 0) is refused whatever the sampler:
+    the perturbation would be smaller than any noise level the network was trained at.
+    """
     t0 = check_t0(t0)
     spec = get_sampler(sampler)
+    if model.sde.default_steps(t0) < 1:
+        raise SDEditError(
+            f"t0={t0} is below one training step of this model (1/{model.sde.num_train_timesteps}): the "
+            "perturbation would be smaller than any noise level it was trained at; raise t0")
     if steps is None:
-        n = spec.default_steps if spec.default_steps is not None else model.sde.default_steps(t0)
-        if n < 1:
-            raise SDEditError(
-                f"t0={t0} is below one training step of this model (1/{model.sde.num_train_timesteps}): "
-                f"sampler {sampler!r} would run no step; raise t0 or pass steps explicitly")
-        return n
+        return spec.default_steps if spec.default_steps is not None else model.sde.default_steps(t0)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise SDEditError(f"steps must be an integer >= 1 (the reverse steps taken), got {steps!r}")
     return steps

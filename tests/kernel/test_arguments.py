@@ -14,7 +14,7 @@ G = torch.rand(1, 3, 16, 16)
     ({"t0": 0.0}, "t0 must be"),
     ({"t0": 1.5}, "t0 must be"),
     ({"t0": float("nan")}, "t0 must be"),
-    ({"t0": 0.0004}, "would run no step"),
+    ({"t0": 0.0004}, "below one training step"),
     ({"t0": 0.5, "steps": 0}, "steps must be"),
     ({"t0": 0.5, "steps": 2.5}, "steps must be"),
     ({"t0": 0.5, "sampler": "heun"}, "unknown sampler 'heun'"),
@@ -29,7 +29,7 @@ G = torch.rand(1, 3, 16, 16)
 def test_bad_arguments(tiny_model, kwargs, match):
     with pytest.raises(SDEditError, match=match):
         sdedit(tiny_model, G, steps=kwargs.pop("steps", 1) if "steps" in kwargs else 1, **kwargs) \
-            if "steps" not in kwargs and "would run no step" not in match else \
+            if "steps" not in kwargs and "below one training step" not in match else \
             sdedit(tiny_model, G, **kwargs)
 
 
@@ -54,3 +54,12 @@ def test_default_steps_and_calls(tiny_model):
     assert validate_sampler_options("ddim", {}) == {"eta": 0.0}
     with pytest.raises(SDEditError):
         validate_sampler_options("pc", {"corrector_steps": 1.5})
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpmpp_2m_sde", "euler_maruyama", "pc"])
+@pytest.mark.parametrize("steps", [None, 5])
+def test_t0_below_one_training_step_is_refused_for_every_sampler(tiny_model, sampler, steps):
+    """round(t0 * 1000) = 0: below any noise level the network was trained at, whatever the sampler's
+    own step count (dpmpp_2m_sde would otherwise run its 10 steps) or an explicit one."""
+    with pytest.raises(SDEditError, match="below one training step"):
+        sdedit(tiny_model, G, t0=0.0001, sampler=sampler, steps=steps)

@@ -101,12 +101,18 @@ def _poison_editor(pids: Path, poison: str) -> type:
     """An SDEditor whose process dies (SIGKILL) whenever it edits the item ``poison``: every attempt."""
 
     class PoisonEditor(SDEditor):
-        def _edit(self, rows: Any, results: Any, indices: list[int], t0: float) -> None:
-            if any(rows[i]["id"] == poison for i in indices):
-                with open(pids, "a") as f:
-                    f.write(f"{os.getpid()}\n")
-                os.kill(os.getpid(), signal.SIGKILL)
-            super()._edit(rows, results, indices, t0)
+        def __init__(self, settings: Any) -> None:
+            super().__init__(settings)
+            run_kernel = self.editor._run_kernel  # the kernel call of one uniform group
+
+            def poisoned(rows: Any, results: Any, indices: list[int], t0: float) -> None:
+                if any(rows[i]["id"] == poison for i in indices):
+                    with open(pids, "a") as f:
+                        f.write(f"{os.getpid()}\n")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                run_kernel(rows, results, indices, t0)
+
+            self.editor._run_kernel = poisoned
 
     return PoisonEditor
 
@@ -204,7 +210,7 @@ def test_crash_between_image_and_index_row_is_redone_with_identical_bytes(
 def test_resume_and_overwrite_flags(tmp_path: Path, fault_job: dict[str, Any],
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    monkeypatch.setattr(pipeline.run, "run_job", lambda spec, sheet: seen.append(spec.output.if_exists))
+    monkeypatch.setattr(pipeline.run, "run_job", lambda spec, **_: seen.append(spec.output.if_exists))
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(fault_job["data"]))
     for flag in ("--resume", "--overwrite"):

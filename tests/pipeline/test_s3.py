@@ -95,7 +95,7 @@ def test_everything_on_s3_then_resume(s3: tuple[Any, dict[str, str], str], tiny_
     images = _keys(fs, f"{bucket}/out/images")
     assert images == sorted(f"{bucket}/out/{p}" for p in index.image)
     others = set(_keys(fs, f"{bucket}/out")) - set(images)  # no temporary or partial objects anywhere
-    assert {k.rsplit("/", 1)[-1] for k in others if "/index/" not in k} == {"job.json"}
+    assert {k.rsplit("/", 1)[-1] for k in others if "/index/" not in k} == {"job.json", "README.md"}
     assert all(k.endswith(".parquet") for k in others if "/index/" in k)
     record = fs.cat(f"{bucket}/out/job.json").decode()
     assert KEY not in record and SECRET not in record
