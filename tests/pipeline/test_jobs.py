@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "s3-example.yaml", "sweep.yaml", "augment.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "s3-example.yaml", "sweep.yaml", "augment.yaml",
+                                  "latent-example.yaml"])
 def test_job_files_load(name: str) -> None:
     spec = load_spec(JOBS / name)
     assert spec.output.uri
