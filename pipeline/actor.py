@@ -49,6 +49,8 @@ class SDEditor:
             self.editor.edit(rows, results, todo)
         if todo:
             self.ledger.finish(batch_key)
+        ok = sum(r["status"] == "ok" for r in results)
+        self.ledger.report(ok, len(results) - ok)
         return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
 
     def _edit_isolated(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], i: int) -> None:

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="Ray cluster address: 'auto' joins the cluster `ray start` made on this machine "
                            "(default: $RAY_ADDRESS, else a private local Ray instance that joins nothing)")
             p.add_argument("--no-sheet", action="store_true", help="do not draw OUT/sheet.png")
+            p.add_argument("--verbose", action="store_true",
+                           help="show Ray's own logs and progress bars on the console (by default they go only "
+                           "to Ray's log folder, printed at the end, and sdedit prints its own progress line)")
             again = p.add_mutually_exclusive_group()
             again.add_argument("--resume", action="store_true",
                                help="keep the outputs OUT's index lists as done, make the rest "
@@ -136,7 +139,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         plan = preflight(spec)  # manifests, model and spec checked before Ray starts: a bad job fails fast
         if not ray.is_initialized():
-            ray.init(address=ray_address(args.address), logging_level=logging.WARNING)
+            # Workers' output goes to Ray's log files, not the console, unless --verbose.
+            ray.init(address=ray_address(args.address), log_to_driver=args.verbose,
+                     logging_level=logging.WARNING if args.verbose else logging.ERROR)
+        if not args.verbose:
+            _quiet_ray_data()
         summary = run_job(spec, sheet=not args.no_sheet, plan=plan)
     except ValueError as e:  # SpecError, ManifestError, OutputExistsError: nothing ran
         _fail(f"{args.job}: cannot run", e)
@@ -151,7 +158,29 @@ def _run(args: argparse.Namespace) -> int:
         _fail(f"{args.job}: the job failed", RuntimeError(f"{type(e).__name__}: {str(e)[:2000]}"))
         return EXIT_CANNOT_RUN
     print(summary.render())
+    if not args.verbose:
+        print(f"        Ray's logs: {_ray_log_dir()} (--verbose shows them on the console)")
     return summary.exit_code
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's per-operator progress logs and start banners off the console (they stay in its log file)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    for name in ("ray.data", "ray"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _ray_log_dir() -> str:
+    try:
+        from ray._private.worker import global_worker  # the documented way has no public accessor yet
+
+        return global_worker.node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001
+        return "/tmp/ray/session_latest/logs"
 
 
 def _sheet(out: str, items: int) -> int:

@@ -26,6 +26,7 @@ class CrashLedger:
 
     def __init__(self) -> None:
         self.open: dict[str, int] = {}
+        self.made = [0, 0]  # outputs edited ok, outputs that came out as errors (the driver's progress line)
 
     def begin(self, key: str) -> int:
         earlier = self.open.get(key, 0)
@@ -34,6 +35,13 @@ class CrashLedger:
 
     def finish(self, key: str) -> None:
         self.open.pop(key, None)
+
+    def report(self, ok: int, failed: int) -> None:
+        self.made[0] += ok
+        self.made[1] += failed
+
+    def progress(self) -> tuple[int, int]:
+        return self.made[0], self.made[1]
 
 
 def start_ledger() -> Any:
@@ -62,6 +70,14 @@ class LedgerClient:
             log.warning("crash ledger unavailable (%s): poison items will not be isolated", type(e).__name__)
             self.handle = None
             return 0
+
+    def report(self, ok: int, failed: int) -> None:
+        """Count a batch's outputs for the progress line (fire and forget; a retried batch counts twice)."""
+        if self.handle is not None:
+            try:
+                self.handle.report.remote(ok, failed)
+            except Exception:  # noqa: BLE001
+                self.handle = None
 
     def finish(self, key: str) -> None:
         if self.handle is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from pipeline.lock import OutputLock
 from pipeline.manifest import read_manifests
 from pipeline.outdir import prepare_output, write_dataset_card, write_job_record
 from pipeline.preflight import Plan, preflight
+from pipeline.progress import Progress
 from pipeline.redact import strip_userinfo
 from pipeline.resume import completed_outputs
 from pipeline.spec import JobSpec
@@ -130,9 +132,16 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
     sink = IndexDatasink(spec.output.uri, out_options, spec.output.embed_images, spec.output.rows_per_index_file,
                          plan.label_names)
     done_with("prepare_output")
-    build_dataset(spec, plan, manifest, done, ledger=start_ledger()).write_datasink(
-        sink, ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks
-    )
+    ledger = start_ledger()
+    def ask() -> tuple[int, int]:
+        return ray.get(ledger.progress.remote(), timeout=10)
+
+    reporter = (Progress(ask, _expected_outputs(spec, manifest, len(done)), every_s=spec.output.progress_every_s)
+                if spec.output.progress else nullcontext())
+    with reporter:
+        build_dataset(spec, plan, manifest, done, ledger=ledger).write_datasink(
+            sink, ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks
+        )
     done_with("execute")
     summary = summarize(spec.output.uri, out_options, time.perf_counter() - start, spec.layout, done)
     done_with("summarize")
@@ -143,6 +152,17 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
     if sheet and spec.output.sheet_items:
         _write_sheet(spec)
     return summary
+
+
+def _expected_outputs(spec: JobSpec, manifest: ray.data.Dataset, resumed: int) -> int | None:
+    """About how many outputs this run makes: rows x outputs per item, less the resumed ones. The
+    manifest is materialised, so its row count is metadata, not another pass."""
+    try:
+        rows = manifest.count()
+    except Exception:  # noqa: BLE001 - the progress line then shows no total
+        return None
+    per_item = spec.sampling.samples * (len(spec.sampling.t0_values) if spec.sampling.sweep else 1)
+    return max(0, rows * per_item - resumed)
 
 
 def measure_batch_size(spec: JobSpec, plan: Plan) -> int:

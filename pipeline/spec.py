@@ -169,6 +169,13 @@ class OutputSpec(_Section):
         1000, ge=1, description="Most index rows per Parquet file (a cap: a write task splits what it gets): "
         "smaller files lose less work to a crash (see resume), larger ones read faster.",
     )
+    progress: bool = Field(
+        True, description="Print a progress line while the job runs (outputs done of about how many, failures, "
+        "rate, time left): redrawn in place on a terminal, every output.progress_every_s seconds otherwise.",
+    )
+    progress_every_s: float = Field(
+        30.0, gt=0, description="Seconds between progress lines when the console is not a terminal (cron, CI).",
+    )
     sheet_items: int = Field(
         16, ge=0, le=256, description="Items on the contact sheet OUT/sheet.png; 0 writes no sheet."
     )
