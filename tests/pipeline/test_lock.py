@@ -132,3 +132,29 @@ def test_two_sdedit_runs_into_one_output(tmp_path: Path, tiny_model: Path, data_
     assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr[-2000:]
     index = pd.read_parquet(tmp_path / "out" / "index")
     assert len(index) == 4 and not index.duplicated(["id", "t0", "sample"]).any()
+
+
+@pytest.mark.slow
+def test_two_sdedit_runs_on_one_machine_are_independent(tmp_path: Path, tiny_model: Path, data_dir: Path,
+                                                        job_data: Any, manifest_rows: Any,
+                                                        write_manifest: Any) -> None:
+    """Without --address each `sdedit run` starts its own private Ray: two at once, into two outputs,
+    both finish, and neither joins (or dies with) the other's instance."""
+    import yaml
+
+    rows = [r for r in manifest_rows(include_bad=False) if r["id"] in ("plain-0", "plain-1")]
+    manifest = write_manifest(data_dir, "independent.csv", rows)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    procs = []
+    for name in ("a", "b"):
+        job = tmp_path / f"{name}.yaml"
+        job.write_text(yaml.safe_dump(job_data(tiny_model, manifest, tmp_path / f"out-{name}",
+                                               output={"sheet_items": 0}, sampling={"steps": 20})))
+        procs.append(subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job)], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-1500:] for o in outputs]
+    sessions = {line.split("Ray's logs: ")[1].split()[0] for o in outputs for line in o.splitlines()
+                if "Ray's logs: " in line}
+    assert len(sessions) == 2  # two Ray instances, one each
