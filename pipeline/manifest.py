@@ -93,11 +93,83 @@ def read_manifests(uris: list[str], declared_format: str, options: Mapping[str, 
     ``classes``: the model's labels (class-conditional models); a row's ``label`` is resolved against
     them (an index or a class name), and a label no class matches makes the row an error row.
     """
-    parts = [_read_one(absolute_uri(uri), manifest_format(uri, declared_format), options, classes) for uri in uris]
+    located = [(absolute_uri(uri), manifest_format(uri, declared_format)) for uri in uris]
+    small = _read_small(located, options, classes)
+    if small is not None:  # a few MB in all: read in this process, no Ray execution (seconds saved per job)
+        _check_id_column(small.column("id"))
+        return ray.data.from_arrow(small)
+    parts = [_read_one(uri, fmt, options, classes) for uri, fmt in located]
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     ds = ds.materialize()
-    _check_ids(ds)
+    refs = ds.select_columns(["id"]).to_arrow_refs()
+    _check_id_column(pa.concat_tables(ray.get(refs)).column("id") if refs else pa.chunked_array([], pa.string()))
     return ds
+
+
+SMALL_MANIFESTS_BYTES = 32 * 2**20  # manifests this small in all are read by the driver itself
+
+
+def _read_small(located: list[tuple[str, str]], options: Mapping[str, Any],
+                classes: ClassLabels | None) -> pa.Table | None:
+    """All manifests read and normalised here, when each is one file and together they are small; None
+    otherwise (folders, or large manifests, go through Ray Data). Same rules and messages as Ray's path."""
+    sized = []
+    for uri, fmt in located:
+        fs, path = url_to_fs(uri, options)
+        if not fs.exists(path):
+            raise ManifestError(f"input.manifest: {uri} does not exist")
+        if fs.isdir(path):
+            return None
+        sized.append((uri, fmt, fs, path, fs.size(path) or 0))
+    if sum(size for *_, size in sized) > SMALL_MANIFESTS_BYTES:
+        return None
+    tables = []
+    for uri, fmt, fs, path, _ in sized:
+        with fs.open(path, "rb", compression="infer") as f:
+            if fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                names = pq.read_schema(f).names
+                f.seek(0)
+                raw = pq.read_table(f, columns=[c for c in names if c in (*READ_COLUMNS, "image")])
+            elif fmt == "csv":
+                import pyarrow.csv as pacsv
+
+                raw = pacsv.read_csv(f, convert_options=_csv_convert(), parse_options=_csv_parse(uri))
+            else:
+                lines = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
+                raw = pa.table({"text": pa.array(lines, pa.string())})
+        columns = raw.column_names if raw.num_rows else []
+        _check_columns(uri, fmt, columns)
+        tables.append(normalize_batch(raw, fs=None if is_local(fs) else fs, json_lines=fmt == "jsonl", base=uri,
+                                      classes=classes))
+    return pa.concat_tables(tables)
+
+
+def _csv_convert() -> Any:
+    import pyarrow.csv as pacsv
+
+    # Only an empty cell is "no value": pyarrow's default null words ("NA", "null", "nan"...) would
+    # turn an id "NA" into a missing id and an explicit "nan" t0 into no override.
+    return pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in ("id", "label", "image", "prompt", "negative_prompt", *URI_COLUMNS)},
+        strings_can_be_null=True, null_values=[""],
+    )
+
+
+def _csv_parse(uri: str) -> Any:
+    import pyarrow.csv as pacsv
+
+    return pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
+
+
+def _check_columns(uri: str, fmt: str, columns: list[str]) -> None:
+    if not columns:
+        raise ManifestError(f"input.manifest: {uri} has no rows")
+    missing = missing_columns(columns) if fmt != "jsonl" else []  # JSON: per row
+    if missing:
+        shown = ", ".join(columns)
+        raise ManifestError(f"input.manifest: {uri} lacks column(s) {', '.join(missing)} (has: {shown})")
 
 
 def _read_one(uri: str, fmt: str, options: Mapping[str, Any], classes: ClassLabels | None) -> ray.data.Dataset:
@@ -115,29 +187,13 @@ def _read_one(uri: str, fmt: str, options: Mapping[str, Any], classes: ClassLabe
         keep = [c for c in raw.schema().names if c in wanted]
         raw = raw.select_columns(keep) if keep else raw
     elif fmt == "csv":
-        import pyarrow.csv as pacsv
-
-        # Only an empty cell is "no value": pyarrow's default null words ("NA", "null", "nan"...) would
-        # turn an id "NA" into a missing id and an explicit "nan" t0 into no override.
-        convert = pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in ("id", "label", "image", "prompt", "negative_prompt",
-                                                   *URI_COLUMNS)}, strings_can_be_null=True,
-            null_values=[""],
-        )
-        parse = pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
-        raw = ray.data.read_csv(path, convert_options=convert, parse_options=parse, **common)
+        raw = ray.data.read_csv(path, convert_options=_csv_convert(), parse_options=_csv_parse(uri), **common)
     else:
         # Lines are parsed in normalize_batch: Ray's read_json(lines=True) ignores filesystem= and
         # pyarrow's JSON reader rejects a column whose type changes between rows (id 1, then "x").
         raw = ray.data.read_text(path, **common)
     raw = raw.materialize()
-    columns = raw.schema().names if raw.count() else []
-    if not columns:
-        raise ManifestError(f"input.manifest: {uri} has no rows")
-    missing = missing_columns(columns) if fmt != "jsonl" else []  # JSON: per row
-    if missing:
-        shown = ", ".join(columns)
-        raise ManifestError(f"input.manifest: {uri} lacks column(s) {', '.join(missing)} (has: {shown})")
+    _check_columns(uri, fmt, raw.schema().names if raw.count() else [])
     kwargs = {"fs": None if is_local(fs) else fs, "json_lines": fmt == "jsonl",
               "base": None if fs.isdir(path) else uri, "classes": classes}
     return raw.map_batches(normalize_batch, batch_format="pyarrow", fn_kwargs=kwargs,
@@ -337,10 +393,8 @@ def _to_int(value: Any) -> int:
     return int(as_float)
 
 
-def _check_ids(ds: ray.data.Dataset) -> None:
+def _check_id_column(ids: pa.ChunkedArray) -> None:
     """Every output is named after its item id, so ids must be present and unique."""
-    refs = ds.select_columns(["id"]).to_arrow_refs()
-    ids = pa.concat_tables(ray.get(refs)).column("id") if refs else pa.chunked_array([], pa.string())
     nulls = ids.null_count
     if nulls:
         raise ManifestError(
