@@ -45,3 +45,21 @@ def tiny_model():
 def tiny_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt") / "flat"
     return save_checkpoint(root, tiny_unet(channels=1), DDPM_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def private_sdedit_cache(tmp_path_factory):
+    """$SDEDIT_CACHE in a temporary folder for one module: the latent tests never write into the user's
+    ~/.cache/sdedit (the latent test modules use it autouse)."""
+    from latent_models import private_cache
+
+    with private_cache(tmp_path_factory.mktemp("sdedit-cache")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory, private_sdedit_cache):
+    """A tiny SD 1.x-shaped pipeline folder (seed 1)."""
+    from latent_models import save_sd_folder
+
+    return save_sd_folder(tmp_path_factory.mktemp("sd1") / "m", "sd1", seed=1)

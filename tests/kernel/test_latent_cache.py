@@ -13,22 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import DDPM_CONFIG, save_checkpoint, tiny_unet
-from latent_models import guides, private_cache, save_sd_folder
+from latent_models import guides, save_sd_folder
 
 from sdedit_kernel import load_score_model, sdedit
 from sdedit_kernel.cache import DIGEST_FILE, content_digest
 from sdedit_kernel.store import Store
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    with private_cache(tmp_path_factory.mktemp("sdedit-cache")):
-        yield
-
-
-@pytest.fixture(scope="module")
-def sd1(tmp_path_factory) -> Path:
-    return save_sd_folder(tmp_path_factory.mktemp("sd1") / "m", "sd1", seed=1)
+pytestmark = pytest.mark.usefixtures("private_sdedit_cache")
 
 
 def _upload(root: Path, url_root: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from latent_models import PIXELS, guides, private_cache, save_sd_folder
+from latent_models import PIXELS, guides, save_sd_folder
 
 from sdedit_kernel import (
     SAMPLERS,
@@ -20,11 +20,7 @@ from sdedit_kernel import (
     sdedit,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    with private_cache(tmp_path_factory.mktemp("sdedit-cache")):
-        yield
+pytestmark = pytest.mark.usefixtures("private_sdedit_cache")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_unet
-from latent_models import PIXELS, guides, private_cache, save_sd_folder
+from latent_models import PIXELS, guides, save_sd_folder
 
 from sdedit_kernel import (
     CheckpointError,
@@ -24,16 +24,7 @@ from sdedit_kernel import (
     sdedit,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    with private_cache(tmp_path_factory.mktemp("sdedit-cache")):
-        yield
-
-
-@pytest.fixture(scope="module")
-def sd1(tmp_path_factory) -> Path:
-    return save_sd_folder(tmp_path_factory.mktemp("sd1") / "m", "sd1", seed=1)
+pytestmark = pytest.mark.usefixtures("private_sdedit_cache")
 
 
 @pytest.fixture(scope="module")
