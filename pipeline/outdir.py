@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.index import INDEX_DIR
 from pipeline.naming import INPUTS_DIR
 from pipeline.redact import redact_argv, strip_userinfo
-from pipeline.spec import JobSpec
+from pipeline.spec import RENAMED, JobSpec
 from pipeline.storage import join_uri, url_to_fs, write_atomic
 
 JOB_FILE = "job.json"
@@ -126,9 +126,16 @@ ok = ds.filter(lambda r: r["status"] == "ok")
 
 
 def read_job_record(out_uri: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """OUT/job.json; a spec field renamed since the record was written (input.resize -> input.fit) is
+    read under its new name, so no reader of a record needs to know the old ones."""
     fs, root = url_to_fs(out_uri, options)
     with fs.open(join_uri(root, JOB_FILE), "rb") as f:
-        return json.loads(f.read())
+        record = json.loads(f.read())
+    for (section, old_name), new_name in RENAMED.items():
+        fields = record.get("spec", {}).get(section)
+        if isinstance(fields, dict) and old_name in fields:
+            fields.setdefault(new_name, fields.pop(old_name))
+    return record
 
 
 def _non_empty(fs: Any, path: str) -> bool:

@@ -26,7 +26,7 @@ from pydantic_core import PydanticUndefined
 from pipeline.index import INDEX_DIR, conform
 from pipeline.naming import OutputLayout
 from pipeline.outdir import IMAGES_DIR, read_job_record
-from pipeline.spec import RENAMED, JobSpec
+from pipeline.spec import JobSpec
 from pipeline.storage import join_uri, url_to_fs
 
 log = logging.getLogger("pipeline")
@@ -128,15 +128,14 @@ def _check_same_job(spec: JobSpec, record: Mapping[str, Any]) -> None:
 
 
 def _with_defaults(spec: JobSpec, before: Mapping[str, Any]) -> dict[str, Any]:
-    """The earlier run's spec, where a field added since (e.g. input.edit_margin) has its default and a
-    field renamed since (input.resize -> input.fit) has its new name."""
+    """The earlier run's spec, where a field added since (e.g. input.edit_margin) has its default
+    (renamed fields already carry their new names: read_job_record)."""
     out = dict(before)
     for section in {section for section, _ in SHAPING_FIELDS}:
         fields = type(getattr(spec, section)).model_fields
         defaults = {name: f.default for name, f in fields.items() if f.default is not PydanticUndefined}
         if isinstance(before.get(section), dict):
-            given = {RENAMED.get((section, name), name): value for name, value in before[section].items()}
-            out[section] = {**defaults, **given}
+            out[section] = {**defaults, **before[section]}
     return out
 
 

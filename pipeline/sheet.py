@@ -66,10 +66,9 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
 
 
 def working_size(job: Mapping[str, Any]) -> WorkingSize:
-    """The working size and fit of a run, from its job.json record (input.fit was input.resize before)."""
+    """The working size and fit of a run, from its job.json record."""
     height, width = (int(v) for v in job["model"]["image_size"])
-    given = job["spec"]["input"]
-    return WorkingSize(int(job["model"]["channels"]), height, width, given.get("fit", given.get("resize", "resize")))
+    return WorkingSize(int(job["model"]["channels"]), height, width, job["spec"]["input"].get("fit", "resize"))
 
 
 def draw_label(draw: ImageDraw.ImageDraw, top: int, item_id: str, class_name: str | None = None) -> None:

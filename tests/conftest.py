@@ -57,7 +57,7 @@ def save_tiny_model(folder: Path, channels: int = 1, size: int = SIZE, **schedul
 
 def decode_settings(*, channels: int = 1, height: int = SIZE, width: int = SIZE, fit: str = "resize",
                     t0: float = 0.1, seed: int = 3, samples: int = 2, out_uri: str | None = None,
-                    conditional: bool = False, conditioning: str | None = None, **input_fields: Any) -> Any:
+                    conditioning: str | None = None, **input_fields: Any) -> Any:
     """The decode stage's settings for a job of these few fields (``input_fields``: input.* fields)."""
     from pipeline.decode import DecodeSettings
     from pipeline.images import WorkingSize
@@ -68,7 +68,7 @@ def decode_settings(*, channels: int = 1, height: int = SIZE, width: int = SIZE,
     return DecodeSettings(
         working=WorkingSize(channels, height, width, fit), input=InputSpec(manifest="-", **input_fields),
         sampling=sampling, layout=OutputLayout(sweep=sampling.sweep), out_uri=out_uri,
-        conditioning=conditioning or ("class" if conditional else None),
+        conditioning=conditioning,
     )
 
 

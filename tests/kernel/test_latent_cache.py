@@ -31,19 +31,25 @@ def _upload(root: Path, url_root: str) -> None:
             fs.pipe(f"{url_root}/{path.relative_to(root).as_posix()}", path.read_bytes())
 
 
-def test_remote_folder_is_copied_once_into_the_node_cache(sd1, tmp_path, monkeypatch):
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The files read through a Store (copies and hashes both read by chunks), in order."""
+    seen: list[str] = []
+    chunks = Store.chunks
+
+    def counting(self, rel):
+        seen.append(rel)
+        return chunks(self, rel)
+
+    monkeypatch.setattr(Store, "chunks", counting)
+    return seen
+
+
+def test_remote_folder_is_copied_once_into_the_node_cache(sd1, tmp_path, reads):
     _upload(sd1, "/remote/sd1")
     import fsspec
 
     fsspec.filesystem("memory").pipe("/remote/sd1/safety_checker/model.safetensors", b"x" * 1000)  # not needed
-    reads: list[str] = []
-    chunks = Store.chunks
-
-    def counting(self, rel):
-        reads.append(rel)
-        return chunks(self, rel)
-
-    monkeypatch.setattr(Store, "chunks", counting)
     cache = tmp_path / "cache"
     first = load_score_model("memory://remote/sd1", cache_dir=cache)
     copied = sorted(reads)
@@ -66,17 +72,9 @@ def test_remote_folder_is_copied_once_into_the_node_cache(sd1, tmp_path, monkeyp
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 2  # a new version: a new key
 
 
-def test_a_local_folder_is_hashed_once(sd1, tmp_path, monkeypatch):
+def test_a_local_folder_is_hashed_once(sd1, tmp_path, reads):
     root = tmp_path / "local"
     shutil.copytree(sd1, root)
-    reads: list[str] = []
-    chunks = Store.chunks
-
-    def counting(self, rel):
-        reads.append(rel)
-        return chunks(self, rel)
-
-    monkeypatch.setattr(Store, "chunks", counting)
     first = load_score_model(root, cache_dir=tmp_path / "cache")
     assert "unet/diffusion_pytorch_model.safetensors" in reads
     reads.clear()

@@ -123,7 +123,7 @@ def test_t0_modes_cycle_and_range() -> None:
 
 
 def test_decode_gives_each_variant_its_t0_label_and_guidance(tmp_path: Path) -> None:
-    settings = decode_settings(samples=3, conditional=True, out_uri=str(tmp_path))
+    settings = decode_settings(samples=3, conditioning="class", out_uri=str(tmp_path))
     settings = type(settings)(**{**settings.__dict__, "sampling": SamplingSpec(
         t0=[0.2, 0.4], t0_mode="cycle", samples=3, guidance_scale=1.5)})
     table = manifest_table([
@@ -148,7 +148,7 @@ def test_editor_output_is_the_kernel_call_a_notebook_makes(cond_model: Path) -> 
         {"id": "b", "guide_bytes": _png(5), "workflow": "guide", "label": None, "guidance_scale": 1.0},
         {"id": "c", "guide_bytes": _png(6), "workflow": "guide", "label": 2, "guidance_scale": 1.0},
     ])
-    work = decode_batch(table, decode_settings(samples=1, conditional=True)).to_pylist()
+    work = decode_batch(table, decode_settings(samples=1, conditioning="class")).to_pylist()
     together = editor.edit_rows(work)
     model = load_score_model(str(cond_model))
     for row, result in zip(work, together, strict=True):

@@ -191,3 +191,14 @@ def test_rows_per_index_file_is_a_cap(tmp_path: Path) -> None:
     assert [pq.read_metadata(f).num_rows for f in files] == [3, 3, 1]
     sink.write([to_index_table(rows)], SimpleNamespace(task_idx=5))  # a retried task replaces its own files
     assert sorted((tmp_path / "index").glob("*.parquet")) == files
+
+
+def test_job_records_written_before_the_renames_read_under_the_new_names(tmp_path: Path) -> None:
+    import json
+
+    from pipeline.outdir import read_job_record
+
+    (tmp_path / "job.json").write_text(json.dumps({"spec": {"input": {"resize": "pad"},
+                                                            "sampling": {"samples_per_item": 3}}}))
+    spec = read_job_record(str(tmp_path))["spec"]
+    assert spec["input"] == {"fit": "pad"} and spec["sampling"] == {"samples": 3}
