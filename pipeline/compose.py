@@ -202,7 +202,7 @@ def _own(row: Mapping[str, Any], name: str, default: int) -> int:
     return default if value is None else int(value)
 
 
-def record_inputs(item_id: str, pixels: np.ndarray, bits: np.ndarray | None, out_uri: str,
+def record_inputs(shard: str | None, item_id: str, pixels: np.ndarray, bits: np.ndarray | None, out_uri: str,
                   out_options: Mapping[str, Any]) -> tuple[str, str | None]:
     """Publish a built guide and mask as PNG under ``OUT/inputs/``; their paths relative to OUT.
 
@@ -210,10 +210,10 @@ def record_inputs(item_id: str, pixels: np.ndarray, bits: np.ndarray | None, out
     with the exact pixels the sampler gets.
     """
     fs, root = url_to_fs(out_uri, out_options)
-    guide_rel = input_relpath(item_id, "guide")
+    guide_rel = input_relpath(shard, item_id, "guide")
     write_atomic(fs, join_uri(root, guide_rel), encode_image(pixels, "png", 100))
     if bits is None:
         return guide_rel, None
-    mask_rel = input_relpath(item_id, "mask")
+    mask_rel = input_relpath(shard, item_id, "mask")
     write_atomic(fs, join_uri(root, mask_rel), encode_image(bits[..., None] * 255, "png", 100))
     return guide_rel, mask_rel

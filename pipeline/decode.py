@@ -37,11 +37,26 @@ class DecodeSettings:
     sampling: SamplingSpec
     layout: OutputLayout
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # input's; may hold credentials
-    # outputs already written (resume), as OutputLayout.key: (id, t0 or None, sample)
-    done: frozenset[tuple[str, float | None, int]] = field(default=frozenset(), repr=False)
     out_uri: str | None = None  # where built guides and masks are recorded (OUT/inputs/); None: nowhere
     out_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
     conditioning: str | None = None  # "class" (rows carry label, guidance) or "text" (prompts, guidance)
+
+
+def planned_outputs(row: Mapping[str, Any], sampling: SamplingSpec, layout: OutputLayout) -> list[tuple[float, int]]:
+    """The (t0, sample) outputs a manifest row asks for, less those its ``done`` column lists."""
+    samples = row["samples"] or sampling.samples
+    if row["t0"] is not None:  # a per-item t0 overrides the job's, a sweep included: one t0
+        pairs = [(row["t0"], s) for s in range(samples)]
+    elif sampling.t0_mode == "sweep":  # every output at every t0, t0 by t0
+        pairs = [(t0, s) for t0 in sampling.t0_values for s in range(samples)]
+    else:
+        seed = row["seed"] if row["seed"] is not None else sampling.seed
+        pairs = [(t0, s) for s in range(samples) for t0 in sampling.t0s_for(s, seed_for(seed, row["id"], s))]
+    done = row.get("done")
+    if not done:
+        return pairs
+    skip = set(done)
+    return [(t0, s) for t0, s in pairs if layout.done_key(t0, s) not in skip]
 
 
 def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
@@ -49,18 +64,10 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
     out: dict[str, list[Any]] = {name: [] for name in WORK_SCHEMA.names}
     sampling = settings.sampling
     for row in batch.to_pylist():
-        samples = row["samples"] or sampling.samples
-        seed = row["seed"] if row["seed"] is not None else sampling.seed
-        generator_seeds = [seed_for(seed, row["id"], s) for s in range(samples)]
-        if row["t0"] is not None:  # a per-item t0 overrides the job's, a sweep included: one t0
-            pairs = [(row["t0"], s) for s in range(samples)]
-        elif sampling.t0_mode == "sweep":  # every output at every t0, t0 by t0
-            pairs = [(t0, s) for t0 in sampling.t0_values for s in range(samples)]
-        else:
-            pairs = [(t0, s) for s in range(samples) for t0 in sampling.t0s_for(s, generator_seeds[s])]
-        todo = [(t0, s) for t0, s in pairs if settings.layout.key(row["id"], t0, s) not in settings.done]
+        todo = planned_outputs(row, sampling, settings.layout)
         if not todo:
             continue
+        seed = row["seed"] if row["seed"] is not None else sampling.seed
         pixels = edit_mask = None
         error, error_kind = row["error"], row["error_kind"]
         notes: list[str] = []
@@ -82,14 +89,14 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
                 error, error_kind = failure.message, failure.kind
         for t0, sample in todo:
             values = {
-                "id": row["id"], "sample": sample, "t0": t0, "seed": seed, "label": row["label"],
+                "id": row["id"], "shard": row["shard"], "sample": sample, "t0": t0, "seed": seed, "label": row["label"],
                 "label_name": row["label_name"], "guidance_scale": guidance, "prompt": prompt,
                 "negative_prompt": negative,
                 "guide": strip_userinfo(row["guide"]) if row["guide"] else None,
                 "mask": strip_userinfo(row["mask"]) if row["mask"] else None,
                 # Not seeded by t0: every t0 of a sweep starts from the same noise, so a sweep's
                 # outputs of one (id, sample) differ only by t0.
-                "generator_seed": generator_seeds[sample],
+                "generator_seed": seed_for(seed, row["id"], sample),
                 "pixels": pixels, "edit_mask": edit_mask,
                 "status": "ok" if error is None else "error", "error": error, "error_kind": error_kind,
                 "notes": "; ".join(notes) or None, **record,
@@ -121,7 +128,7 @@ def _item_inputs(row: Mapping[str, Any], record: dict[str, Any], settings: Decod
     if settings.out_uri is not None:
         try:
             record["built_guide"], record["built_mask"] = record_inputs(
-                row["id"], pixels, bits, settings.out_uri, settings.out_options)
+                row["shard"], row["id"], pixels, bits, settings.out_uri, settings.out_options)
         except Exception as e:  # noqa: BLE001 - an input that cannot be recorded fails its item
             raise ItemError("write error", f"built inputs: {type(e).__name__}: {short_reason(e)}") from None
     return pixels.tobytes(), None if bits is None else bits.tobytes()

@@ -66,13 +66,35 @@ def to_index_table(rows: Sequence[Mapping[str, Any]], embed_images: bool = False
     return pa.Table.from_pylist(records, schema=schema)
 
 
+def write_parquet(fs: Any, path: str, table: pa.Table) -> None:
+    """Publish ``table`` as one whole Parquet file (encoded in memory, then :func:`write_atomic`)."""
+    import io
+
+    from pipeline.storage import write_atomic
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_atomic(fs, path, buffer.getvalue())
+
+
 def read_index(out_uri: str, options: Mapping[str, Any] | None = None,
-               columns: list[str] | None = None) -> pa.Table:
-    """The whole index of an output folder (all ``OUT/index/*.parquet`` files) as one table."""
+               columns: list[str] | None = None, max_files: int | None = None) -> pa.Table:
+    """The index of an output folder (all ``OUT/index/*.parquet`` files) as one table.
+
+    ``max_files``: read at most this many files, spread evenly over the index (contact sheets of a
+    job of millions of outputs need a few items, not the whole index in memory).
+    """
     fs, path = url_to_fs(join_uri(out_uri, INDEX_DIR), options)
     if not fs.exists(path):
         raise FileNotFoundError(f"{join_uri(out_uri, INDEX_DIR)} does not exist: no index written there")
-    dataset = pq.ParquetDataset(path, filesystem=arrow_filesystem(fs))
+    source: Any = path
+    if max_files is not None:
+        files = sorted(f for f in fs.find(path) if f.endswith(".parquet") and not
+                       f.rsplit("/", 1)[-1].startswith((".", "_")))
+        if len(files) > max_files:
+            step = len(files) / max_files
+            source = [files[int(k * step)] for k in range(max_files)]
+    dataset = pq.ParquetDataset(source, filesystem=arrow_filesystem(fs))
     if columns is None:
         return dataset.read()
     # An index written by an older version lacks the newer columns: they come back as nulls.

@@ -1,6 +1,6 @@
-"""Manifest reading: Parquet, CSV or JSON Lines manifests -> one Ray Dataset of normalised item rows.
+"""Manifest rows: Parquet, CSV or JSON Lines manifest rows -> normalised item rows, and the id rules.
 
-Every manifest is read through Ray Data on an fsspec file system, then normalised to one schema
+A manifest is read shard by shard (:mod:`pipeline.shards`); each shard's rows are normalised to one schema
 (:data:`MANIFEST_SCHEMA`): ids become strings, guide and mask URIs (and the base, overlay, original
 and edited of composite and stroke-edit rows) are resolved against the manifest file's own folder,
 each row's way of giving its guide is recorded in ``workflow``, and per-item overrides are parsed.
@@ -18,12 +18,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from pipeline.errors import ItemError
 from pipeline.rows import MANIFEST_SCHEMA, READ_COLUMNS, URI_COLUMNS
 from pipeline.spec import OVERRIDES
-from pipeline.storage import absolute_uri, arrow_filesystem, is_local, resolve_relative, url_to_fs
+from pipeline.storage import absolute_uri, resolve_relative, url_to_fs
 from sdedit_kernel import ClassLabels
 
 # A row gives its guide in exactly one of these ways (docs/workflows.md); the manifest needs an id
@@ -86,67 +85,7 @@ def peek_columns(uri: str, fmt: str, options: Mapping[str, Any]) -> list[str] | 
     return list(row) if isinstance(row, dict) else []
 
 
-def read_manifests(uris: list[str], declared_format: str, options: Mapping[str, Any],
-                   classes: ClassLabels | None = None) -> ray.data.Dataset:
-    """All manifests as one materialised, normalised dataset; raises :class:`ManifestError`.
-
-    ``classes``: the model's labels (class-conditional models); a row's ``label`` is resolved against
-    them (an index or a class name), and a label no class matches makes the row an error row.
-    """
-    located = [(absolute_uri(uri), manifest_format(uri, declared_format)) for uri in uris]
-    small = _read_small(located, options, classes)
-    if small is not None:  # a few MB in all: read in this process, no Ray execution (seconds saved per job)
-        _check_id_column(small.column("id"))
-        return ray.data.from_arrow(small)
-    parts = [_read_one(uri, fmt, options, classes) for uri, fmt in located]
-    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    ds = ds.materialize()
-    refs = ds.select_columns(["id"]).to_arrow_refs()
-    _check_id_column(pa.concat_tables(ray.get(refs)).column("id") if refs else pa.chunked_array([], pa.string()))
-    return ds
-
-
-SMALL_MANIFESTS_BYTES = 32 * 2**20  # manifests this small in all are read by the driver itself
-
-
-def _read_small(located: list[tuple[str, str]], options: Mapping[str, Any],
-                classes: ClassLabels | None) -> pa.Table | None:
-    """All manifests read and normalised here, when each is one file and together they are small; None
-    otherwise (folders, or large manifests, go through Ray Data). Same rules and messages as Ray's path."""
-    sized = []
-    for uri, fmt in located:
-        fs, path = url_to_fs(uri, options)
-        if not fs.exists(path):
-            raise ManifestError(f"input.manifest: {uri} does not exist")
-        if fs.isdir(path):
-            return None
-        sized.append((uri, fmt, fs, path, fs.size(path) or 0))
-    if sum(size for *_, size in sized) > SMALL_MANIFESTS_BYTES:
-        return None
-    tables = []
-    for uri, fmt, fs, path, _ in sized:
-        with fs.open(path, "rb", compression="infer") as f:
-            if fmt == "parquet":
-                import pyarrow.parquet as pq
-
-                names = pq.read_schema(f).names
-                f.seek(0)
-                raw = pq.read_table(f, columns=[c for c in names if c in (*READ_COLUMNS, "image")])
-            elif fmt == "csv":
-                import pyarrow.csv as pacsv
-
-                raw = pacsv.read_csv(f, convert_options=_csv_convert(), parse_options=_csv_parse(uri))
-            else:
-                lines = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
-                raw = pa.table({"text": pa.array(lines, pa.string())})
-        columns = raw.column_names if raw.num_rows else []
-        _check_columns(uri, fmt, columns)
-        tables.append(normalize_batch(raw, fs=None if is_local(fs) else fs, json_lines=fmt == "jsonl", base=uri,
-                                      classes=classes))
-    return pa.concat_tables(tables)
-
-
-def _csv_convert() -> Any:
+def csv_convert() -> Any:
     import pyarrow.csv as pacsv
 
     # Only an empty cell is "no value": pyarrow's default null words ("NA", "null", "nan"...) would
@@ -157,47 +96,19 @@ def _csv_convert() -> Any:
     )
 
 
-def _csv_parse(uri: str) -> Any:
+def csv_parse(uri: str) -> Any:
     import pyarrow.csv as pacsv
 
     return pacsv.ParseOptions(delimiter="\t") if uri.lower().endswith(".tsv") else None
 
 
-def _check_columns(uri: str, fmt: str, columns: list[str]) -> None:
+def check_columns(uri: str, fmt: str, columns: list[str]) -> None:
     if not columns:
         raise ManifestError(f"input.manifest: {uri} has no rows")
     missing = missing_columns(columns) if fmt != "jsonl" else []  # JSON: per row
     if missing:
         shown = ", ".join(columns)
         raise ManifestError(f"input.manifest: {uri} lacks column(s) {', '.join(missing)} (has: {shown})")
-
-
-def _read_one(uri: str, fmt: str, options: Mapping[str, Any], classes: ClassLabels | None) -> ray.data.Dataset:
-    fs, path = url_to_fs(uri, options)
-    if not fs.exists(path):
-        raise ManifestError(f"input.manifest: {uri} does not exist")
-    common: dict[str, Any] = {
-        # A folder of manifests needs each row's file for relative URIs; a single file is its own base
-        # (and a user's own "path" column then survives).
-        "filesystem": arrow_filesystem(fs), "include_paths": fs.isdir(path), "file_extensions": None,
-    }
-    if fmt == "parquet":
-        raw = ray.data.read_parquet(path, **common)
-        wanted = [*READ_COLUMNS, "image", "path"]  # read only what is used (manifests may be wide)
-        keep = [c for c in raw.schema().names if c in wanted]
-        raw = raw.select_columns(keep) if keep else raw
-    elif fmt == "csv":
-        raw = ray.data.read_csv(path, convert_options=_csv_convert(), parse_options=_csv_parse(uri), **common)
-    else:
-        # Lines are parsed in normalize_batch: Ray's read_json(lines=True) ignores filesystem= and
-        # pyarrow's JSON reader rejects a column whose type changes between rows (id 1, then "x").
-        raw = ray.data.read_text(path, **common)
-    raw = raw.materialize()
-    _check_columns(uri, fmt, raw.schema().names if raw.count() else [])
-    kwargs = {"fs": None if is_local(fs) else fs, "json_lines": fmt == "jsonl",
-              "base": None if fs.isdir(path) else uri, "classes": classes}
-    return raw.map_batches(normalize_batch, batch_format="pyarrow", fn_kwargs=kwargs,
-                           udf_modifying_row_count=False)
 
 
 def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
@@ -250,6 +161,8 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
         out["label_name"].append(name)
         out["error"].append("; ".join(p.message for p in problems) or None)
         out["error_kind"].append(problems[0].kind if problems else None)
+        out["shard"].append(None)  # set by the shard's reader (pipeline.shards)
+        out["done"].append(None)  # set for unfinished shards by resume
     return pa.Table.from_pydict(out, schema=MANIFEST_SCHEMA)
 
 
@@ -393,19 +306,44 @@ def _to_int(value: Any) -> int:
     return int(as_float)
 
 
-def _check_id_column(ids: pa.ChunkedArray) -> None:
-    """Every output is named after its item id, so ids must be present and unique."""
-    nulls = ids.null_count
+def normalize_ids(ids: pa.Array | pa.ChunkedArray | list[Any]) -> pa.Array:
+    """Raw id cells -> the ids the job names items by, as :func:`normalize_batch` does (vectorised for
+    string and integer columns): a float ``1.0`` is ``"1"``, an empty or blank cell no id (null)."""
+    if isinstance(ids, list):
+        return pa.array([_id_text(v) for v in ids], pa.string())
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], ids.type)
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        ids = ids.cast(pa.string())
+        blank = pc.equal(pc.utf8_trim_whitespace(ids), "")
+        return pc.if_else(blank, pa.scalar(None, pa.string()), ids)
+    if pa.types.is_integer(ids.type):
+        return ids.cast(pa.string())
+    return pa.array([_id_text(v) for v in ids.to_pylist()], pa.string())
+
+
+def check_ids(ids: pa.Array | pa.ChunkedArray) -> None:
+    """Every output is named after its item id, so ids must be present and unique (all ids at hand)."""
+    report_ids(ids.null_count, duplicate_ids(ids), None)
+
+
+def duplicate_ids(ids: pa.Array | pa.ChunkedArray, limit: int = 5) -> tuple[list[str], int]:
+    """Up to ``limit`` ids that occur more than once, and how many such ids there are."""
+    counts = pc.value_counts(ids.drop_null())
+    found = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    return found.slice(0, limit).to_pylist(), len(found)
+
+
+def report_ids(nulls: int, duplicates: tuple[list[str], int], checked: int | None) -> None:
+    """Raise :class:`ManifestError` for rows without id or duplicate ids."""
     if nulls:
         raise ManifestError(
             f"input.manifest: {nulls} row(s) have no id (or are not valid JSON); every row needs a unique id"
         )
-    counts = pc.value_counts(ids)
-    dup_mask = pc.greater(counts.field("counts"), 1)
-    duplicates = pc.filter(counts.field("values"), dup_mask).to_pylist()
-    if duplicates:
-        shown = ", ".join(repr(d) for d in duplicates[:5])
-        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+    shown, total = duplicates
+    if total:
+        more = f" and {total - len(shown)} more" if total > len(shown) else ""
         raise ManifestError(
-            f"input.manifest: duplicate ids {shown}{more}; ids must be unique across manifests"
+            f"input.manifest: duplicate ids {', '.join(repr(d) for d in shown)}{more}; ids must be unique "
+            "across manifests"
         )

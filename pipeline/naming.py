@@ -55,22 +55,39 @@ def t0_label(t0: float) -> str:
     return text + "0" * max(0, 2 - decimals)
 
 
-def image_relpath(item_id: str, sample: int, image_format: str, t0: float | None = None) -> str:
-    """Path of an output image relative to the output folder.
-
-    ``t0`` is given only for t0-sweep jobs (``sampling.t0`` a list), where an item has one output per
-    t0: ``images/<stem>_t0.30_s0.png``. Single-t0 jobs keep ``images/<stem>_s0.png``.
-    """
+def output_name(item_id: str, sample: int, image_format: str, t0: float | None = None) -> str:
+    """An output's file name: ``<stem>_s0.png``; ``t0`` is given only in t0 sweeps, where an item has
+    one output per t0: ``<stem>_t0.30_s0.png``."""
     middle = "" if t0 is None else f"_t{t0_label(t0)}"  # _t0.30: t and the t0 value
-    return f"images/{safe_stem(item_id)}{middle}_s{sample}.{EXTENSIONS[image_format]}"
+    return f"{safe_stem(item_id)}{middle}_s{sample}.{EXTENSIONS[image_format]}"
 
 
+def image_relpath(shard: str | None, item_id: str, sample: int, image_format: str, t0: float | None = None) -> str:
+    """Path of an output image relative to the output folder: ``images/<shard>/<stem>_s0.png``
+    (``shard`` None: ``images/<stem>_s0.png``, the flat layout of outputs written before shards)."""
+    folder = IMAGES_DIR if shard is None else f"{IMAGES_DIR}/{shard}"
+    return f"{folder}/{output_name(item_id, sample, image_format, t0)}"
+
+
+def member_key(item_id: str, sample: int, t0: float | None = None) -> str:
+    """An output's key inside a WebDataset tar shard: no dots (WebDataset splits a member's name at
+    its first dot into key and extension), unique within the shard like the file names."""
+    stem = safe_stem(item_id)
+    if "." in stem:  # a dot replaced may meet another id's underscore: the id's hash keeps them apart
+        stem = f"{stem.replace('.', '_')}-{id_hash(item_id)}"
+    middle = "" if t0 is None else f"_t{t0_label(t0).replace('.', 'p')}"
+    return f"{stem}{middle}_s{sample}"
+
+
+IMAGES_DIR = "images"
 INPUTS_DIR = "inputs"  # guides and masks the pipeline built (composite and stroke-edit rows)
 
 
-def input_relpath(item_id: str, kind: str) -> str:
-    """Path of an item's built ``guide`` or ``mask`` relative to the output folder (always PNG)."""
-    return f"{INPUTS_DIR}/{safe_stem(item_id)}_{kind}.png"
+def input_relpath(shard: str | None, item_id: str, kind: str) -> str:
+    """Path of an item's built ``guide`` or ``mask`` relative to the output folder (always PNG):
+    ``inputs/<shard>/<stem>_guide.png`` (``shard`` None: ``inputs/<stem>_guide.png``)."""
+    folder = INPUTS_DIR if shard is None else f"{INPUTS_DIR}/{shard}"
+    return f"{folder}/{safe_stem(item_id)}_{kind}.png"
 
 
 @dataclass(frozen=True)
@@ -84,19 +101,42 @@ class OutputLayout:
 
     sweep: bool = False
     image_format: str = "png"
+    webdataset: bool = False  # outputs packed into OUT/webdataset/<shard>.tar instead of files under images/
 
     @classmethod
     def of_job(cls, spec: Mapping[str, Any]) -> OutputLayout:
         """The layout of a job from its spec as plain data (``JobSpec.public_dict()`` or job.json's)."""
         sampling = spec["sampling"]
         sweep = isinstance(sampling["t0"], list) and sampling.get("t0_mode", "sweep") == "sweep"
-        return cls(sweep=sweep, image_format=spec["output"]["format"])
+        output = spec["output"]
+        return cls(sweep=sweep, image_format=output["format"], webdataset=bool(output.get("webdataset", False)))
 
     def key(self, item_id: str, t0: float, sample: int) -> tuple[str, float | None, int]:
         """What names one output, for resume's done-set: (id, t0, sample) in a sweep, else (id, None, sample);
         t0 compared as :func:`canonical_t0`, never as a raw float."""
         return item_id, canonical_t0(t0) if self.sweep else None, sample
 
-    def image_path(self, item_id: str, t0: float, sample: int) -> str:
-        """The output image's path relative to OUT."""
-        return image_relpath(item_id, sample, self.image_format, t0 if self.sweep else None)
+    def done_key(self, t0: float, sample: int) -> str:
+        """An output of one item as the manifest's ``done`` column lists it (resume inside a shard)."""
+        return f"{canonical_t0(t0) if self.sweep else ''}/{sample}"
+
+    def image_path(self, shard: str | None, item_id: str, t0: float, sample: int) -> str:
+        """Where the output is, relative to OUT: ``images/<shard>/<name>``, or with WebDataset output
+        ``webdataset/<shard>.tar/<member>`` (a member of the shard's tar file)."""
+        t0_or_none = t0 if self.sweep else None
+        if self.webdataset and shard is not None:
+            return f"{WEBDATASET_DIR}/{shard}.tar/{self.member(item_id, t0, sample)}"
+        return image_relpath(shard, item_id, sample, self.image_format, t0_or_none)
+
+    def member(self, item_id: str, t0: float, sample: int) -> str:
+        """The image's member name in its WebDataset tar shard (the JSON metadata: same key, ``.json``)."""
+        return f"{member_key(item_id, sample, t0 if self.sweep else None)}.{EXTENSIONS[self.image_format]}"
+
+
+WEBDATASET_DIR = "webdataset"
+
+
+def split_tar_path(image: str) -> tuple[str, str] | None:
+    """``webdataset/s.tar/k.png`` -> (``webdataset/s.tar``, ``k.png``); None for a plain file path."""
+    head, sep, member = image.partition(".tar/")
+    return (head + ".tar", member) if sep else None

@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.index import INDEX_DIR
-from pipeline.naming import INPUTS_DIR
+from pipeline.naming import IMAGES_DIR, INPUTS_DIR, WEBDATASET_DIR
 from pipeline.redact import redact_argv, strip_userinfo
 from pipeline.spec import RENAMED, JobSpec
 from pipeline.storage import join_uri, url_to_fs, write_atomic
@@ -25,7 +25,9 @@ CARD_FILE = "README.md"  # the dataset card: `datasets.load_dataset(OUT)` reads 
 SHEET_FILE = "sheet.png"
 SWEEP_SHEET_FILE = "sweep_sheet.png"  # t0 sweeps only (pipeline.sweep)
 SWEEP_PLOT_FILE = "sweep_faithfulness.png"
-IMAGES_DIR = "images"
+LAYOUT = "shards-1"  # job.json's "layout": outputs by shard (pipeline.shards); absent: the flat layout before it
+RECORDS_DIR = "shards"  # OUT/shards/<shard>.json: a shard's record, written when it is finished
+WORK_DIR = ".work"  # OUT/.work/<shard>/: an unfinished shard's index parts (and staged WebDataset images)
 _PACKAGES = (
     "sdedit-pipeline", "torch", "diffusers", "ray", "pyarrow", "numpy", "pillow", "fsspec", "pydantic",
 )
@@ -48,7 +50,8 @@ def versions() -> dict[str, str]:
 def check_output(spec: JobSpec) -> None:
     """Raise :class:`OutputExistsError` when OUT holds outputs and ``output.if_exists`` is error."""
     fs, root = url_to_fs(spec.output.uri, spec.options_for("output"))
-    used = [name for name in (INDEX_DIR, IMAGES_DIR) if _non_empty(fs, join_uri(root, name))]
+    used = [name for name in (INDEX_DIR, IMAGES_DIR, RECORDS_DIR, WEBDATASET_DIR, WORK_DIR)
+            if _non_empty(fs, join_uri(root, name))]
     if used and spec.output.if_exists == "error":
         raise OutputExistsError(
             f"output.uri: {spec.output.uri} already holds {' and '.join(used)}/; set "
@@ -64,8 +67,8 @@ def prepare_output(spec: JobSpec) -> None:
     if spec.output.if_exists == "resume":
         fs.makedirs(root, exist_ok=True)
         return
-    for name in (INDEX_DIR, IMAGES_DIR, INPUTS_DIR, JOB_FILE, CARD_FILE, SHEET_FILE, SWEEP_SHEET_FILE,
-                 SWEEP_PLOT_FILE):
+    for name in (INDEX_DIR, IMAGES_DIR, INPUTS_DIR, RECORDS_DIR, WEBDATASET_DIR, WORK_DIR, JOB_FILE, CARD_FILE,
+                 SHEET_FILE, SWEEP_SHEET_FILE, SWEEP_PLOT_FILE):
         path = join_uri(root, name)
         if fs.exists(path):
             fs.rm(path, recursive=True)
@@ -79,6 +82,7 @@ def write_job_record(spec: JobSpec, details: Mapping[str, Any]) -> None:
         "versions": versions(),
         "command": redact_argv(sys.argv),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "layout": LAYOUT,
         **details,
     }
     fs, root = url_to_fs(spec.output.uri, spec.options_for("output"))

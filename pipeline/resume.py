@@ -1,44 +1,47 @@
-"""Resuming: the index is the truth; a rerun into the same output produces only what is missing.
+"""Resuming in O(shards): finished shards are dropped whole; only unfinished ones are looked into.
 
-An output counts as done when the index lists it as ok and its image file exists. Before the rerun
-the index is compacted to exactly those rows (a new file is written first, then the old files are
-deleted, so a crash in between leaves duplicates of identical rows, never a loss), which also drops
-the error rows of the earlier run: their outputs are retried. A resume must make the same outputs
-the earlier run would have, so the fields that shape an output must match OUT/job.json.
+A rerun into the same output lists the shard records (``OUT/shards/*.json``): a shard whose record
+covers all of its rows is done and never read again (not its rows, not its index, not its images).
+A shard without a record (a run was killed inside it), one that has grown since its record (rows
+appended to the manifest), or one whose record counts failures a rerun may cure (:func:`retryable`:
+a missing or unreadable input, a failed write, a model or process failure) is run again. Its
+outputs an earlier run already made, listed in its part files (or its earlier index) as ok and
+whose image exists, are carried on the shard's manifest rows (the ``done`` column) so decode skips
+exactly them. Nothing else is shipped anywhere.
 
-What a crash can leave behind is handled here too: an image without an index row is not done (it
-is made again, with the same bytes: its seed depends only on (seed, id, sample)); an index file
-that cannot be read (a truncated one written by an older version, or a foreign file) is dropped
-with a warning and its outputs are made again; temporary files of interrupted writes are deleted.
+A resume must make the same outputs the earlier run would have, so the fields that shape an output
+(and the shard size, which names shards) must match OUT/job.json, and the model must be the same.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic_core import PydanticUndefined
 
-from pipeline.index import INDEX_DIR, conform
-from pipeline.naming import OutputLayout
-from pipeline.outdir import IMAGES_DIR, read_job_record
+from pipeline.finalize import read_records, shard_rows
+from pipeline.index import INDEX_DIR
+from pipeline.naming import IMAGES_DIR, OutputLayout
+from pipeline.outdir import LAYOUT, RECORDS_DIR, WORK_DIR, read_job_record
+from pipeline.shards import Shard
 from pipeline.spec import JobSpec
-from pipeline.storage import join_uri, url_to_fs
+from pipeline.storage import join_uri, list_names, url_to_fs
+from pipeline.write import part_dir
 
 log = logging.getLogger("pipeline")
 
-# Fields that change what an output looks like; anything else (resources, manifests) may change.
+# Fields that change what an output looks like or where it is; anything else (resources, manifests) may change.
 SHAPING_FIELDS = (
     ("sampling", "t0"), ("sampling", "sampler"), ("sampling", "options"), ("sampling", "steps"),
     ("sampling", "passes"), ("sampling", "seed"), ("sampling", "t0_mode"), ("sampling", "guidance_scale"),
     ("model", "uri"), ("model", "dtype"),
     ("input", "fit"), ("input", "image_size"), ("input", "composite_mask"), ("input", "composite_margin"),
-    ("input", "edit_threshold"), ("input", "edit_margin"), ("output", "format"), ("output", "quality"),
-    ("output", "embed_images"),
+    ("input", "edit_threshold"), ("input", "edit_margin"), ("input", "shard_rows"), ("output", "format"),
+    ("output", "quality"), ("output", "embed_images"), ("output", "webdataset"),
 )
 
 
@@ -46,25 +49,44 @@ class ResumeError(ValueError):
     """The output folder was made by a job that differs in a field that shapes outputs."""
 
 
-def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, float | None, int]]:
-    """Every output done in ``output.uri`` as :meth:`pipeline.naming.OutputLayout.key`; compacts the index.
+@dataclass
+class WorkPlan:
+    """What this run has to do: the shards to run, and what is already done inside them."""
 
-    ``model_label`` (name and weights digest) must match the earlier run's: same name, other weights
-    (a checkpoint saved again) would make other outputs.
-    """
+    pending: list[Shard]
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard -> its record (left alone)
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # grown shard -> its earlier record
+    done: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # shard -> id -> done keys
+    shards: int = 0
+
+    @property
+    def resumed_outputs(self) -> int:
+        """Outputs already made: those of finished shards, and those inside unfinished ones."""
+        inside = sum(len(keys) for items in self.done.values() for keys in items.values())
+        return sum(r.get("outputs_ok", 0) for r in self.finished.values()) + inside
+
+
+def plan_work(spec: JobSpec, shards: list[Shard], model_label: str) -> WorkPlan:
+    """The shards this run runs; with ``output.if_exists: resume``, less what is done (see the module)."""
+    if spec.output.if_exists != "resume":
+        return WorkPlan(pending=list(shards), shards=len(shards))
     options = spec.options_for("output")
     fs, root = url_to_fs(spec.output.uri, options)
-    index_dir = join_uri(root, INDEX_DIR)
-    found = fs.find(index_dir) if fs.exists(index_dir) else []
-    files = [f for f in found if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith((".", "_"))]
-    if not files:
-        return frozenset()
+    made = [name for name in (INDEX_DIR, RECORDS_DIR, IMAGES_DIR, WORK_DIR) if _listing(fs, join_uri(root, name))]
+    if not made:
+        return WorkPlan(pending=list(shards), shards=len(shards))
     try:
         record = read_job_record(spec.output.uri, options)
     except FileNotFoundError:
         raise ResumeError(
-            f"output.if_exists: {spec.output.uri} has an index but no job.json to resume from"
+            f"output.if_exists: {spec.output.uri} holds {', '.join(made)}/ but no job.json to resume from"
         ) from None
+    if record.get("layout") != LAYOUT:
+        raise ResumeError(
+            f"output.if_exists: {spec.output.uri} was written by an earlier sdedit-pipeline (one flat images/ "
+            "folder, no shards); resume it with that version, or use output.if_exists=overwrite or another "
+            "output.uri"
+        )
     _check_same_job(spec, record)
     before = record.get("model", {}).get("label")
     if before != model_label:
@@ -72,45 +94,71 @@ def completed_outputs(spec: JobSpec, model_label: str) -> frozenset[tuple[str, f
             f"output.if_exists: cannot resume: the model changed ({before} -> {model_label}); "
             "use output.if_exists=overwrite or another output.uri"
         )
-    images = {p[len(root.rstrip("/")) + 1:] for p in fs.find(join_uri(root, IMAGES_DIR))}
-    _remove_temporaries(fs, [*images, *(f[len(root.rstrip("/")) + 1:] for f in found)], root)
-    layout = OutputLayout.of_job(spec.public_dict())
-    done: set[tuple[str, float | None, int]] = set()
-    for n, old in enumerate(files):  # one file at a time: embedded images may make the index large
-        try:
-            with fs.open(old, "rb") as f:
-                table = pq.read_table(f)
-            table.select(["id", "sample", "t0", "status"])
-        except Exception as e:  # noqa: BLE001 - unreadable: its outputs are simply made again
-            log.warning("resume: index file %s is unreadable (%s); its outputs will be made again",
-                        old.rsplit("/", 1)[-1], type(e).__name__)
+    records = read_records(spec.output.uri, options)
+    plan = WorkPlan(pending=[], shards=len(shards))
+    shrunk = []
+    for shard in shards:
+        rec = records.get(shard.name)
+        if rec is not None and rec.get("rows", -1) >= shard.rows and not retryable(rec):
+            plan.finished[shard.name] = rec
+            if rec["rows"] > shard.rows:
+                shrunk.append(shard.name)
             continue
-        keep = []
-        for i, (item_id, sample, t0, status) in enumerate(zip(
-            table.column("id").to_pylist(), table.column("sample").to_pylist(),
-            table.column("t0").to_pylist(), table.column("status").to_pylist(), strict=True,
-        )):
+        plan.pending.append(shard)
+        if rec is not None:
+            plan.previous[shard.name] = rec
+    if shrunk:
+        log.warning("resume: %d shard(s) have fewer manifest rows than when they were finished (%s...); their "
+                    "outputs are kept as they are", len(shrunk), shrunk[0])
+    started = set(_listing(fs, join_uri(root, WORK_DIR)))
+    for name in started & set(plan.finished):  # a finish killed after its record: only the clean-up is left
+        fs.rm(join_uri(root, part_dir(name)), recursive=True)
+    layout = OutputLayout.of_job(spec.public_dict())
+    for shard in plan.pending:
+        if shard.name in started or shard.name in plan.previous:
+            done = _done_in_shard(fs, root, spec, shard.name, layout, plan.previous.get(shard.name))
+            if done:
+                plan.done[shard.name] = done
+    return plan
+
+
+def retryable(record: Mapping[str, Any]) -> list[str]:
+    """The failure kinds in a finished shard that a rerun may cure (a guide uploaded since, a store
+    that failed a read or a write, a model or process failure); its shard is run again for them.
+    A bad row, override, label or image stays bad: those shards stay finished."""
+    return [kind for kind in record.get("failures_by_reason", {})
+            if kind.startswith(("missing ", "unreadable ")) or kind in RETRIED_KINDS]
+
+
+RETRIED_KINDS = ("decode error", "write error", "model error", "worker crash")
+
+
+def _done_in_shard(fs: Any, root: str, spec: JobSpec, shard: str, layout: OutputLayout,
+                   previous: Mapping[str, Any] | None) -> dict[str, list[str]]:
+    """id -> done keys of one unfinished shard: ok rows whose image is there (or, in a grown
+    shard's finished index, ok rows: their images are in place or in its tar)."""
+    finished, parts = shard_rows(spec.output.uri, spec.options_for("output"), shard, previous)
+    if layout.webdataset:
+        present = set(_listing(fs, join_uri(root, part_dir(shard), "images")))
+    else:
+        present = set(_listing(fs, join_uri(root, IMAGES_DIR, shard)))
+        for name in [n for n in present if n.startswith(".") and n.endswith(".tmp")]:  # interrupted writes
+            fs.rm(join_uri(root, IMAGES_DIR, shard, name))
+    done: dict[str, set[str]] = defaultdict(set)
+    tables = ([(True, finished)] if finished is not None else []) + [(False, t) for _, t in parts]
+    for trusted, table in tables:
+        columns = [table.column(c).to_pylist() for c in ("id", "t0", "sample", "status")]
+        for item_id, t0, sample, status in zip(*columns, strict=True):
             if status != "ok" or t0 is None:
                 continue
-            key = layout.key(item_id, t0, sample)
-            if layout.image_path(item_id, t0, sample) in images and key not in done:
-                done.add(key)
-                keep.append(i)
-        if keep:
-            with fs.open(join_uri(index_dir, f"resumed-{uuid.uuid4().hex[:12]}-{n:05d}.parquet"), "wb") as f:
-                names = record.get("model", {}).get("classes", {}).get("names") or ()
-                pq.write_table(conform(table.take(pa.array(keep, pa.int64())), spec.output.embed_images, names), f)
-    for old in files:  # only once every kept row is safely in a new file
-        fs.rm(old)
-    return frozenset(done)
+            member = layout.member(item_id, t0, sample) if layout.webdataset else \
+                layout.image_path(shard, item_id, t0, sample).rsplit("/", 1)[-1]
+            if (trusted and layout.webdataset) or member in present:
+                done[item_id].add(layout.done_key(t0, sample))
+    return {item_id: sorted(keys) for item_id, keys in done.items()}
 
 
-def _remove_temporaries(fs: Any, relpaths: list[str], root: str) -> None:
-    """Delete the hidden ``.<name>.<hex>.tmp`` files of writes a crash interrupted (never published)."""
-    for rel in relpaths:
-        name = rel.rsplit("/", 1)[-1]
-        if name.startswith(".") and name.endswith(".tmp"):
-            fs.rm(join_uri(root, rel))
+_listing = list_names
 
 
 def _check_same_job(spec: JobSpec, record: Mapping[str, Any]) -> None:

@@ -35,6 +35,7 @@ def _col(name: str, type_: pa.DataType, stages: frozenset[str] | set[str], doc: 
 
 COLUMNS: tuple[Column, ...] = (
     _col("id", pa.string(), _GIVEN, "the item's unique id"),
+    _col("shard", pa.string(), {"manifest"} | _CARRIED, "the manifest shard the item is in (pipeline.shards)"),
     _col("sample", pa.int32(), _CARRIED, "sample index within the item"),
     _col("image", pa.string(), {"index"}, "path relative to OUT; struct{bytes, path} with output.embed_images"),
     _col("guide", pa.string(), _GIVEN, "guide URI as resolved against the manifest"),
@@ -83,6 +84,8 @@ COLUMNS: tuple[Column, ...] = (
     _col("negative_prompt", pa.string(), _GIVEN, "negative prompt (the unconditional half of guidance)"),
     # A guide given as image bytes in the manifest (a datasets-style `image` column).
     _col("guide_bytes", pa.binary(), {"manifest"}, "the manifest's embedded guide image, encoded"),
+    # Resume inside an unfinished shard: the item's outputs an earlier run made (decode skips them).
+    _col("done", pa.list_(pa.string()), {"manifest"}, "OutputLayout.done_key of each output already made"),
     # Payloads between stages.
     _col("pixels", pa.binary(), {"work"}, "guide, uint8 [H, W, C]"),
     _col("edit_mask", pa.binary(), {"work"}, "uint8 [H, W]: 1 regenerate, 0 keep; null: edit everything"),

@@ -1,8 +1,10 @@
 """The job: the one place that wires the stages into a Ray Data graph and sets their resources.
 
-read manifests -> repartition -> decode (CPU tasks) -> SDEditor (actor pool, CPU or GPU)
--> write images (CPU tasks) -> write the Parquet index -> summary, job.json, contact sheet.
-Everything that can be checked before the cluster does any work is checked first (:func:`preflight`).
+plan shards -> drop finished ones (resume) -> read pending shards -> repartition -> decode (CPU tasks)
+-> SDEditor (actor pool, CPU or GPU) -> write images and index parts (CPU tasks) -> finish each shard
+as soon as its outputs are written (index file, tar, record) -> summary from the shard records,
+job.json, contact sheet. Everything that can be checked before the cluster does any work is checked
+first (:func:`preflight`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
@@ -19,29 +22,32 @@ import ray
 from pipeline.actor import ActorSettings, SDEditor
 from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.editing import EditSettings
+from pipeline.finalize import FinishSettings, finish_shard
 from pipeline.ledger import start_ledger
 from pipeline.lock import OutputLock
-from pipeline.manifest import read_manifests
-from pipeline.outdir import prepare_output, write_dataset_card, write_job_record
+from pipeline.outdir import WORK_DIR, prepare_output, write_dataset_card, write_job_record
 from pipeline.preflight import Plan, preflight
 from pipeline.progress import Progress
 from pipeline.redact import strip_userinfo
-from pipeline.resume import completed_outputs
+from pipeline.resume import WorkPlan, plan_work
+from pipeline.shards import Shard, plan_shards
+from pipeline.source import ReadSettings, open_manifest
 from pipeline.spec import JobSpec
-from pipeline.summary import RunSummary, summarize
-from pipeline.write import IndexDatasink, WriteSettings, write_batch
+from pipeline.storage import join_uri, url_to_fs
+from pipeline.summary import RunSummary, summarize_records
+from pipeline.tracker import start_tracker
+from pipeline.write import WriteSettings, write_batch
 
 log = logging.getLogger("pipeline")
 
 IO_TASK_CPUS = 0.25  # decode and write are light; fractional CPUs keep them schedulable next to actors
 
 
-def decode_settings(spec: JobSpec, plan: Plan,
-                    done: frozenset[tuple[str, float | None, int]] = frozenset()) -> DecodeSettings:
+def decode_settings(spec: JobSpec, plan: Plan) -> DecodeSettings:
     """The decode stage's settings; ``sdedit tune-t0`` decodes its sample with the same ones."""
     return DecodeSettings(
         working=plan.working(spec), input=spec.input, sampling=spec.sampling, layout=spec.layout,
-        storage_options=spec.options_for("input"), done=done,
+        storage_options=spec.options_for("input"),
         out_uri=spec.output.uri, out_options=spec.options_for("output"), conditioning=plan.conditioning,
     )
 
@@ -55,9 +61,8 @@ def edit_settings(spec: JobSpec, plan: Plan, **changes: Any) -> EditSettings:
     return replace(settings, **changes)
 
 
-def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
-                  done: frozenset[tuple[str, float | None, int]] = frozenset(), ledger: Any = None,
-                  ) -> ray.data.Dataset:
+def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, ledger: Any = None,
+                  tracker: Any = None, run_id: str = "run") -> ray.data.Dataset:
     """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed."""
     sampling, resources = spec.sampling, spec.resources
     # Small manifests arrive as one block: split so every actor gets work and batches stream.
@@ -66,7 +71,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
     ds = manifest.repartition(target_num_rows_per_block=rows_per_block, strict=True)
     ds = ds.map_batches(
         decode_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-        fn_kwargs={"settings": decode_settings(spec, plan, done)},
+        fn_kwargs={"settings": decode_settings(spec, plan)},
     )
     pool = resources.actors
     ds = ds.map_batches(
@@ -81,7 +86,8 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset,
         write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS, udf_modifying_row_count=False,
         fn_kwargs={"settings": WriteSettings(
             output=spec.output, sampling=sampling, working=plan.working(spec), layout=spec.layout,
-            storage_options=spec.options_for("output"), label_names=plan.label_names,
+            storage_options=spec.options_for("output"), label_names=plan.label_names, run_id=run_id,
+            tracker=tracker,
         )},
     )
 
@@ -112,41 +118,48 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
     if spec.resources.batch_size == "auto":
         plan = replace(plan, batch_size=measure_batch_size(spec, plan))
     done_with("preflight")
-    manifest = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input"), plan.classes)
+    in_options, out_options = spec.options_for("input"), spec.options_for("output")
+    shards = plan_shards(spec.input.manifests, spec.input.format, in_options, spec.input.shard_rows)
+    done_with("plan_shards")
     _warn_if_no_room(spec)
     s, pool = spec.sampling, spec.resources.actors
     log.info(
-        # No manifest.count() here: it would read every manifest once more before the work starts
-        # (seconds on a big manifest, and the measured fixed cost of small jobs); the summary counts.
-        "sdedit: %d manifest(s); model %s (%dx%d, %d channel(s)); %s from t0=%s, %d steps x %d "
-        "pass(es), %d sample(s)/item; %s actor(s) on %s; output %s", len(spec.input.manifests),
+        "sdedit: %d manifest(s), %d shard(s); model %s (%dx%d, %d channel(s)); %s from t0=%s, %d steps x %d "
+        "pass(es), %d sample(s)/item; %s actor(s) on %s; output %s", len(spec.input.manifests), len(shards),
         plan.label, plan.height, plan.width, plan.channels, s.sampler, s.t0, plan.steps, s.passes,
         s.samples, pool.min if pool.min == pool.max else f"{pool.min}-{pool.max}", spec.device,
         strip_userinfo(spec.output.uri),
     )
-    done_with("read_manifests")
     prepare_output(spec)
-    done = completed_outputs(spec, plan.label) if spec.output.if_exists == "resume" else frozenset()
-    write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": len(done)})
-    out_options = spec.options_for("output")
-    sink = IndexDatasink(spec.output.uri, out_options, spec.output.embed_images, spec.output.rows_per_index_file,
-                         plan.label_names)
-    done_with("prepare_output")
-    ledger = start_ledger()
-    def ask() -> tuple[int, int]:
-        return ray.get(ledger.progress.remote(), timeout=10)
+    work = plan_work(spec, shards, plan.label)
+    done_with("resume" if spec.output.if_exists == "resume" else "prepare_output")
+    run_id = uuid.uuid4().hex[:12]
+    tracker = start_tracker()
+    manifest = open_manifest(shards, work, ReadSettings(
+        sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=in_options, tracker=tracker))
+    done_with("read_manifests")
+    write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": work.resumed_outputs,
+                            "shards": {"total": len(shards), "to_run": len(work.pending)}})
+    finisher = _Finisher(spec, plan, work, run_id, tracker)
+    if manifest is not None:
+        ledger = start_ledger()
 
-    reporter = (Progress(ask, _expected_outputs(spec, manifest, len(done)), every_s=spec.output.progress_every_s)
-                if spec.output.progress else nullcontext())
-    with reporter:
-        build_dataset(spec, plan, manifest, done, ledger=ledger).write_datasink(
-            sink, ray_remote_args={"num_cpus": IO_TASK_CPUS},  # light, and fuses with the write_batch tasks
-        )
+        def ask() -> tuple[int, int]:
+            return ray.get(ledger.progress.remote(), timeout=10)
+
+        reporter = (Progress(ask, _expected_outputs(spec, work), every_s=spec.output.progress_every_s)
+                    if spec.output.progress else nullcontext())
+        with reporter:
+            results = build_dataset(spec, plan, manifest, ledger=ledger, tracker=tracker, run_id=run_id)
+            for _ in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+                finisher.poll()
     done_with("execute")
-    summary = summarize(spec.output.uri, out_options, time.perf_counter() - start, spec.layout, done)
+    finisher.finish_all()
+    done_with("finish_shards")
+    summary = summarize_records(spec.output.uri, out_options, time.perf_counter() - start, run_id)
     done_with("summarize")
     write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict(),
-                            "phases_s": phases})
+                            "shards": {"total": len(shards), "to_run": len(work.pending)}, "phases_s": phases})
     write_dataset_card(spec, plan.describe(), summary.as_dict())
     log.info("sdedit: phases (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     if sheet and spec.output.sheet_items:
@@ -154,15 +167,61 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
     return summary
 
 
-def _expected_outputs(spec: JobSpec, manifest: ray.data.Dataset, resumed: int) -> int | None:
-    """About how many outputs this run makes: rows x outputs per item, less the resumed ones. The
-    manifest is materialised, so its row count is metadata, not another pass."""
-    try:
-        rows = manifest.count()
-    except Exception:  # noqa: BLE001 - the progress line then shows no total
-        return None
+class _Finisher:
+    """Finishes shards (pipeline.finalize) as the tracker reports them complete, then the rest at the end."""
+
+    POLL_S = 1.0
+
+    def __init__(self, spec: JobSpec, plan: Plan, work: WorkPlan, run_id: str, tracker: Any) -> None:
+        self.work, self.tracker = work, tracker
+        self.pending: dict[str, Shard] = {s.name: s for s in work.pending}
+        self.settings = FinishSettings(
+            out_uri=spec.output.uri, layout=spec.layout, embed_images=spec.output.embed_images,
+            rows_per_file=spec.output.rows_per_index_file, run_id=run_id, label_names=plan.label_names,
+            options=spec.options_for("output"),
+        )
+        self.task = ray.remote(finish_shard).options(num_cpus=IO_TASK_CPUS, max_retries=3, retry_exceptions=True)
+        self.running: list[Any] = []
+        self.last = time.monotonic()
+
+    def poll(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last < self.POLL_S:
+            return
+        self.last = time.monotonic()
+        try:
+            ready = ray.get(self.tracker.take_ready.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - a lost tracker: every shard is finished at the end
+            return
+        for name in ready:
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        shard = self.pending.pop(name, None)
+        if shard is None:
+            return
+        item = {**shard.as_item(), "uri": strip_userinfo(shard.uri)}
+        self.running.append(self.task.remote(item, self.settings, self.work.previous.get(name)))
+
+    def finish_all(self) -> None:
+        """Every shard of the run is complete once the execution ended: finish those not yet finished."""
+        self.poll(force=True)
+        for name in list(self.pending):
+            self._start(name)
+        ray.get(self.running)
+        fs, root = url_to_fs(self.settings.out_uri, self.settings.options)
+        work = join_uri(root, WORK_DIR)
+        try:
+            if fs.exists(work) and not fs.ls(work):
+                fs.rm(work, recursive=True)
+        except FileNotFoundError:
+            pass
+
+
+def _expected_outputs(spec: JobSpec, work: WorkPlan) -> int | None:
+    """About how many outputs this run makes: pending rows x outputs per item, less the resumed ones."""
     per_item = spec.sampling.samples * (len(spec.sampling.t0_values) if spec.sampling.sweep else 1)
-    return max(0, rows * per_item - resumed)
+    inside = sum(len(keys) for items in work.done.values() for keys in items.values())
+    return max(0, sum(s.rows for s in work.pending) * per_item - inside)
 
 
 def measure_batch_size(spec: JobSpec, plan: Plan) -> int:

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.images import WorkingSize, guide_pixels, load_image, mask_bits
 from pipeline.index import read_index
-from pipeline.naming import OutputLayout, t0_label
+from pipeline.naming import OutputLayout, split_tar_path, t0_label
 from pipeline.outdir import SHEET_FILE, read_job_record
 from pipeline.storage import join_uri, read_bytes, url_to_fs, write_atomic
 
@@ -32,9 +32,10 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     job = read_job_record(out_uri, out_options)
     working, layout = working_size(job), OutputLayout.of_job(job["spec"])
     several_t0 = isinstance(job["spec"]["sampling"]["t0"], list)  # a sweep, or variants at several t0: caption t0
-    # Image paths follow from (id, t0, sample): the image column (maybe embedded bytes) is never read.
-    table = read_index(out_uri, out_options,
-                       columns=["id", "sample", "t0", "status", *TILE_COLUMNS])
+    # Image paths follow from (shard, id, t0, sample): the image column (maybe embedded bytes) is never
+    # read; a few index files suffice for a sheet, however many shards the job has.
+    table = read_index(out_uri, out_options, columns=["id", "shard", "sample", "t0", "status", *TILE_COLUMNS],
+                       max_files=8)
     rows = table.to_pylist()
     by_id: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -143,14 +144,34 @@ def _built_tile(out_uri: str, relpath: str, options: Mapping[str, Any] | None) -
         return note_tile("input unreadable", (180, 0, 0))
 
 
+def read_output(out_uri: str, path: str, options: Mapping[str, Any] | None) -> bytes:
+    """An output's bytes: a file under OUT, or a member of a WebDataset tar shard (``x.tar/member``)."""
+    in_tar = split_tar_path(path)
+    if in_tar is None:
+        return read_bytes(join_uri(out_uri, path), options)
+    uri = join_uri(out_uri, in_tar[0])
+    if uri not in _TARS:  # read once per sheet: a tar has no index to seek by
+        import tarfile
+
+        if len(_TARS) >= 4:
+            _TARS.pop(next(iter(_TARS)))
+        with tarfile.open(fileobj=io.BytesIO(read_bytes(uri, options))) as tar:
+            _TARS[uri] = {m.name: tar.extractfile(m).read() for m in tar.getmembers()  # type: ignore[union-attr]
+                          if m.isfile() and not m.name.endswith(".json")}
+    return _TARS[uri][in_tar[1]]
+
+
+_TARS: dict[str, dict[str, bytes]] = {}  # the last few tar shards read (their image members)
+
+
 def output_tile(out_uri: str, row: Mapping[str, Any], layout: OutputLayout,
                 options: Mapping[str, Any] | None, caption: bool = False) -> Image.Image:
     """One output's tile; with ``caption`` labelled ``t0 0.30 s0`` (sweep sheets whose header lacks it)."""
     if row["status"] != "ok":
         return note_tile("error", (180, 0, 0))
-    path = layout.image_path(row["id"], row["t0"], row["sample"])
+    path = layout.image_path(row.get("shard"), row["id"], row["t0"], row["sample"])
     try:
-        tile = _fit_tile(Image.open(io.BytesIO(read_bytes(join_uri(out_uri, path), options))))
+        tile = _fit_tile(Image.open(io.BytesIO(read_output(out_uri, path, options))))
     except Exception:  # noqa: BLE001
         return note_tile("image unreadable", (180, 0, 0))
     if caption:

@@ -89,6 +89,12 @@ class InputSpec(_Section):
     storage_options: StorageOptions | None = Field(
         None, description="fsspec options for manifests, guides and masks; merged over the top-level ones."
     )
+    shard_rows: int = Field(
+        10_000, ge=1, le=10_000_000, description="Manifest rows per shard, the unit of work, output and resume: "
+        "shard k of a manifest file is its rows [k*shard_rows, (k+1)*shard_rows) (docs/scaling.md). Outputs go "
+        "under images/<shard>/, each finished shard has its index file and its record; a rerun skips finished "
+        "shards whole. Appending rows or files to a manifest keeps the earlier shards.",
+    )
     fit: Literal["resize", "center_crop", "pad"] = Field(
         "resize", validation_alias=AliasChoices("fit", "resize"),
         description="(Formerly input.resize.) How a guide of another size is fitted: resize (stretch), "
@@ -166,8 +172,13 @@ class OutputSpec(_Section):
         "index lists as ok, produce only the rest; the sampling/model fields must match job.json).",
     )
     rows_per_index_file: int = Field(
-        1000, ge=1, description="Most index rows per Parquet file (a cap: a write task splits what it gets): "
-        "smaller files lose less work to a crash (see resume), larger ones read faster.",
+        100_000, ge=1, description="Most index rows per Parquet file: a finished shard's index is one file "
+        "(index/<shard>.parquet), split into <shard>.1.parquet, ... beyond this many rows.",
+    )
+    webdataset: bool = Field(
+        False, description="Pack each shard's outputs into a WebDataset tar, OUT/webdataset/<shard>.tar (per "
+        "output its image and <key>.json, the index row), instead of files under OUT/images/; the Parquet "
+        "index is written as well (docs/scaling.md).",
     )
     progress: bool = Field(
         True, description="Print a progress line while the job runs (outputs done of about how many, failures, "
@@ -438,7 +449,8 @@ class JobSpec(_Section):
     @property
     def layout(self) -> OutputLayout:
         """Where outputs go and what identifies them (names carry t0 in a sweep)."""
-        return OutputLayout(sweep=self.sampling.sweep, image_format=self.output.format)
+        return OutputLayout(sweep=self.sampling.sweep, image_format=self.output.format,
+                            webdataset=self.output.webdataset)
 
     def public_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data, with every credential redacted (for job.json and logs)."""

@@ -59,6 +59,16 @@ def url_to_fs(uri: str, options: Mapping[str, Any] | None = None) -> tuple[fsspe
     return fs, path
 
 
+def list_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    """The names in a folder, listed afresh (an fsspec instance caches listings: another process, or an
+    earlier run in this one, may have changed the folder since); none when it does not exist."""
+    fs.invalidate_cache(path)
+    try:
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> Any:
     """Wrap an fsspec file system for pyarrow / Ray Data readers and writers.
 

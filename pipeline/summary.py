@@ -102,3 +102,26 @@ def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float, la
                        if layout.key(i, t0, s) not in resumed}),
         items_with_notes=len({i for i, n in zip(ids, table.column("notes").to_pylist(), strict=True) if n}),
     )
+
+
+def summarize_records(out_uri: str, options: Mapping[str, Any] | None, wall_s: float, run_id: str) -> RunSummary:
+    """The run's summary from the shard records (pipeline.finalize): O(shards), never the whole index.
+
+    A record is written from its shard's index rows, so the counts are those of the index on disk.
+    ``run_id``: this run; what records of other runs hold was made earlier (resumed).
+    """
+    from pipeline.finalize import read_records
+
+    records = read_records(out_uri, options).values()
+    failures: Counter[str] = Counter()
+    for r in records:
+        failures.update(r.get("failures_by_reason", {}))
+    outputs = sum(r["outputs"] for r in records)
+    new = sum(r["outputs_new"] for r in records if r.get("run_id") == run_id)
+    return RunSummary(
+        out_uri=out_uri, items=sum(r["items"] for r in records), outputs=outputs,
+        outputs_ok=sum(r["outputs_ok"] for r in records), items_failed=sum(r["items_failed"] for r in records),
+        failures_by_reason=dict(failures), wall_s=wall_s, resumed_outputs=outputs - new,
+        items_run=sum(r["items_new"] for r in records if r.get("run_id") == run_id),
+        items_with_notes=sum(r["items_with_notes"] for r in records),
+    )

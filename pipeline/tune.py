@@ -123,11 +123,13 @@ def sample_guides(spec: JobSpec, plan: Any, n: int, seed: int) -> pa.Table:
     t0 is what is tuned); a per-item seed is kept.
     """
     from pipeline.decode import decode_batch
-    from pipeline.manifest import read_manifests
     from pipeline.rows import MANIFEST_SCHEMA
     from pipeline.run import decode_settings
+    from pipeline.shards import plan_shards, read_shard
 
-    rows = read_manifests(spec.input.manifests, spec.input.format, spec.options_for("input")).take_all()
+    options = spec.options_for("input")
+    shards = plan_shards(spec.input.manifests, spec.input.format, options, spec.input.shard_rows)
+    rows = [r for shard in shards for r in read_shard(shard, options, plan.classes).to_pylist()]
     rows = sorted((r for r in rows if r["error"] is None), key=lambda r: r["id"])
     random.Random(seed).shuffle(rows)
     # The job's own decode settings, one t0 and one sample, and nothing recorded into OUT.

@@ -93,8 +93,9 @@ def _check_complete(out: Path, items: int) -> pd.DataFrame:
     index = pd.read_parquet(out / "index")
     assert sorted(index.id) == [f"item-{i:03d}" for i in range(items)]
     assert (index.status == "ok").all(), index[index.status != "ok"][["id", "error"]]
-    names = sorted(p.name for p in (out / "images").iterdir() if not p.name.startswith("."))
-    assert names == sorted(Path(p).name for p in index.image)
+    names = sorted(str(p.relative_to(out)) for p in (out / "images").rglob("*") if not p.name.startswith(".")
+                   and p.is_file())
+    assert names == sorted(index.image)
     return index
 
 

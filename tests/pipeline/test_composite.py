@@ -208,7 +208,7 @@ def test_decode_builds_records_and_keeps_the_base(composite_dir: Path, tmp_path:
     assert (pixels[pasted] == 230).all() and (pixels[~pasted] == base[~pasted]).all()
     assert (bits == grow(pasted.astype(np.uint8), 1)).all()
     assert disc["workflow"] == "composite" and disc["guide"] is None and disc["base"].endswith("base.png")
-    assert (disc["built_guide"], disc["built_mask"]) == ("inputs/disc_guide.png", "inputs/disc_mask.png")
+    assert (disc["built_guide"], disc["built_mask"]) == ("inputs/disc_guide.png", "inputs/disc_mask.png")  # no shard
     assert (np.asarray(Image.open(tmp_path / "inputs/disc_guide.png")) == pixels).all()
     assert (np.asarray(Image.open(tmp_path / "inputs/disc_mask.png")) == bits * 255).all()
     assert disc["notes"] == ("composite: overlay 6x6 at (4,5) scale 1, pixels from its alpha; "
@@ -269,7 +269,7 @@ def test_composite_end_to_end(tmp_path: Path, composite_dir: Path, tiny_model: P
     base = np.asarray(Image.open(composite_dir / "base.png"))
     for item in ("disc", "square-scaled"):
         first = df.loc[(item, 0)]
-        assert first.workflow == "composite" and first.built_guide == f"inputs/{item}_guide.png"
+        assert first.workflow == "composite" and first.built_guide == f"inputs/{first.shard}/{item}_guide.png"
         guide = np.asarray(Image.open(out / first.built_guide))
         keep = np.asarray(Image.open(out / first.built_mask)) == 0
         assert (guide[keep] == base[keep]).all() and keep.sum() < SIZE * SIZE
@@ -278,5 +278,5 @@ def test_composite_end_to_end(tmp_path: Path, composite_dir: Path, tiny_model: P
             assert (image[keep] == base[keep]).all() and (image[~keep] != guide[~keep]).any()
     assert "at (8,0) scale 2" in df.loc[("square-scaled", 0)].notes
     assert df.loc[("plain", 0)].workflow == "guide" and pd.isna(df.loc[("plain", 0)].built_guide)
-    assert len(list((out / "inputs").iterdir())) == 4  # once per item, not per sample
+    assert len(list((out / "inputs").rglob("*.png"))) == 4  # once per item, not per sample
     assert (out / "sheet.png").exists()

@@ -107,7 +107,7 @@ def test_row_counts_and_columns(csv_run: dict[str, Any]) -> None:
     for row in ok.itertuples():
         image = Image.open(csv_run["out"] / row.image)
         assert image.size == (SIZE, SIZE) and image.mode == "L"
-        assert row.image.startswith("images/") and "/" not in row.image[len("images/"):]
+        assert row.image.startswith(f"images/{row.shard}/") and "/" not in row.image[len(f"images/{row.shard}/"):]
 
 
 def test_error_rows_name_their_reason(csv_run: dict[str, Any]) -> None:
@@ -165,8 +165,9 @@ def test_dataset_card_points_datasets_at_the_index(csv_run: dict[str, Any], tmp_
 def test_unsafe_ids_get_safe_names(csv_run: dict[str, Any]) -> None:
     df = csv_run["df"]
     names = df[df.id == "../weird/Ünïcode id"].image
-    assert all(n.startswith("images/weird_Unicode_id-") for n in names)
-    assert all((csv_run["out"] / n).resolve().parent == (csv_run["out"] / "images").resolve() for n in names)
+    assert all(n.startswith("images/all-00000/weird_Unicode_id-") for n in names)
+    assert all((csv_run["out"] / n).resolve().parent == (csv_run["out"] / "images" / "all-00000").resolve()
+               for n in names)
 
 
 def test_job_json_and_outputs_hold_no_secret(csv_run: dict[str, Any]) -> None:

@@ -39,7 +39,8 @@ def lost_and_duplicated(out: Path, expected: set[tuple[str, int]]) -> tuple[int,
 
 
 def _image_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())}
+    """Every file under OUT/images (by name: shards hold distinct names), temporary ones included."""
+    return {p.name: p.read_bytes() for p in sorted((out / "images").rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def fault_job(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_d
     manifest = data_dir / "faults.csv"
     manifest.write_text("id,guide\n" + "".join(f"f-{i},img/g{i % 2}.png\n" for i in range(ITEMS)))
     clean = tmp_path_factory.mktemp("clean") / "out"
-    data = job_data(tiny_model, manifest, clean, output={"rows_per_index_file": 2, "sheet_items": 0})
+    data = job_data(tiny_model, manifest, clean, output={"sheet_items": 0}, input={"shard_rows": 2})
     summary = run_job(build_spec(data))
     assert summary.exit_code == 0 and lost_and_duplicated(clean, EXPECTED) == (0, 0)
     return {"data": data, "clean": clean, "images": _image_bytes(clean)}
@@ -145,66 +146,69 @@ def test_item_that_kills_its_actor_every_time_becomes_an_error_row(
                    "other output made, identical to a clean run; exit 3", lost, duplicated)
 
 
-def _kill_once_sink(marker: Path) -> type:
-    """An IndexDatasink whose write task SIGKILLs its process once, just after publishing its file."""
-    from pipeline.write import IndexDatasink
+def _kill_once_writer(marker: Path) -> Any:
+    """The write stage, whose task SIGKILLs its process once, just after publishing its part file."""
+    from pipeline.write import write_batch
 
-    class KillOnceSink(IndexDatasink):
-        def write(self, blocks: Any, ctx: Any) -> None:
-            super().write(blocks, ctx)
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return
-            os.kill(os.getpid(), signal.SIGKILL)
+    def write_then_die(batch: Any, settings: Any) -> Any:
+        result = write_batch(batch, settings)
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return result
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    return KillOnceSink
+    return write_then_die
 
 
 def test_write_task_sigkilled_after_publishing_is_retried_without_duplicates(
         fault_job: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         record_outcome: Any) -> None:
     marker = tmp_path / "killed"
-    monkeypatch.setattr(pipeline.run, "IndexDatasink", _kill_once_sink(marker))
+    monkeypatch.setattr(pipeline.run, "write_batch", _kill_once_writer(marker))
     out = tmp_path / "out"
     summary = run_job(build_spec(_with_output(fault_job["data"], out)))
     assert marker.exists(), "the write task was never killed"
     lost, duplicated = lost_and_duplicated(out, EXPECTED)
     assert summary.exit_code == 0 and (lost, duplicated) == (0, 0)
     assert _image_bytes(out) == fault_job["images"]
-    record_outcome("index write task SIGKILLed right after publishing its index file",
-                   "Ray retries the task, which replaces its own file (same name) instead of adding a "
-                   "second copy of its rows; exit 0, images identical to a clean run", lost, duplicated)
+    record_outcome("write task SIGKILLed right after publishing its images and index part file",
+                   "Ray retries the task, which replaces its own part file (named by its outputs) instead of "
+                   "adding a second copy of its rows; exit 0, images identical to a clean run", lost, duplicated)
 
 
 def test_crash_between_image_and_index_row_is_redone_with_identical_bytes(
         fault_job: dict[str, Any], tmp_path: Path, record_outcome: Any) -> None:
     out = tmp_path / "out"
     shutil.copytree(fault_job["clean"], out)
-    files = sorted((out / "index").glob("*.parquet"))
-    assert len(files) >= 3
-    orphaned = pd.concat([pd.read_parquet(f) for f in files[:2]])
-    for f in files[:2]:  # their images stay: written, but the crash came before the index row
-        f.unlink()
-    files[2].write_bytes(files[2].read_bytes()[:100])  # and a truncated index file (older writers)
-    truncated = pd.read_parquet(fault_job["clean"] / "index" / files[2].name)
-    (out / "images" / ".f-0_s0.png.0badc0de.tmp").write_bytes(b"half an image")  # an interrupted write
-    inodes = {p.name: p.stat().st_ino for p in (out / "images").iterdir()}
+    # Two shards left unfinished by a crash: no record, no index file; their rows only in part files.
+    one, two = (pd.read_parquet(out / "index" / f"faults-0000{k}.parquet") for k in (1, 2))
+    for k in (1, 2):
+        (out / "shards" / f"faults-0000{k}.json").unlink()
+        (out / "index" / f"faults-0000{k}.parquet").unlink()
+        (out / ".work" / f"faults-0000{k}").mkdir(parents=True)
+    kept = one[one.id == "f-2"]  # f-3's images stay: written, but the crash came before its rows
+    kept.to_parquet(out / ".work" / "faults-00001" / "old-a.parquet")
+    part = fault_job["clean"] / "index" / "faults-00002.parquet"  # and a truncated part file
+    (out / ".work" / "faults-00002" / "old-b.parquet").write_bytes(part.read_bytes()[:100])
+    (out / "images" / "faults-00001" / ".f-2_s0.png.0badc0de.tmp").write_bytes(b"half an image")
+    inodes = {p.name: p.stat().st_ino for p in (out / "images").rglob("*.png")}
 
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(_with_output(fault_job["data"], out)))
     assert main(["run", str(job), "--resume"]) == 0  # the same command, plus --resume
     summary = json.loads((out / "job.json").read_text())["summary"]
-    redone = {Path(p).name for p in pd.concat([orphaned, truncated]).image}
+    redone = {Path(p).name for p in pd.concat([one[one.id == "f-3"], two]).image}
     assert summary["resumed_outputs"] == len(EXPECTED) - len(redone)
     lost, duplicated = lost_and_duplicated(out, EXPECTED)
     assert (lost, duplicated) == (0, 0)
     assert _image_bytes(out) == fault_job["images"]  # identical bytes, and no temporary file left
-    rewritten = {p.name for p in (out / "images").iterdir() if p.stat().st_ino != inodes[p.name]}
+    rewritten = {p.name for p in (out / "images").rglob("*.png") if p.stat().st_ino != inodes[p.name]}
     assert rewritten == redone  # the orphans were made again; the indexed images were kept
-    record_outcome("crash between an image write and its index row (orphan images, a truncated index "
-                   "file, a leftover temporary file)", "resume redoes exactly the unindexed outputs with "
-                   "identical bytes; temporary file removed; exit 0", lost, duplicated)
+    assert not (out / ".work").exists() and len(list((out / "shards").iterdir())) == ITEMS // 2
+    record_outcome("crash inside shards: orphan images without rows, a truncated part file, a leftover "
+                   "temporary file", "resume redoes exactly the outputs without rows, with identical bytes; "
+                   "finished shards untouched; temporary file removed; exit 0", lost, duplicated)
 
 
 def test_resume_and_overwrite_flags(tmp_path: Path, fault_job: dict[str, Any],
@@ -224,7 +228,7 @@ def test_resume_and_overwrite_flags(tmp_path: Path, fault_job: dict[str, Any],
 def test_index_files_appear_whole(fault_job: dict[str, Any]) -> None:
     """The index is published by rename: no temporary or partial file is left in OUT/index."""
     names = [p.name for p in (fault_job["clean"] / "index").iterdir()]
-    assert names and all(n.endswith(".parquet") and not n.startswith(".") for n in names)
+    assert sorted(names) == [f"faults-{k:05d}.parquet" for k in range(ITEMS // 2)]  # a file per shard
     assert sum(len(pd.read_parquet(fault_job["clean"] / "index" / n)) for n in names) == len(EXPECTED)
 
 

@@ -81,14 +81,14 @@ def test_rerun_of_a_finished_job_writes_nothing(tmp_path: Path, tiny_model: Path
 
     assert main(["run", str(job)]) == 0
     images = tmp_path / "out" / "images"
-    first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in images.iterdir()}
+    first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in images.rglob("*.png")}
     assert len(first) == 6  # 3 items x 2 samples
     capsys.readouterr()
 
     assert main(["run", str(job)]) == 0
     printed = capsys.readouterr().out
     assert "6 of 6 outputs written" in printed and "resumed: 6 outputs were already done" in printed
-    second = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in images.iterdir()}
+    second = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in images.rglob("*.png")}
     assert second == first  # no file added, none rewritten (a rewrite renames a new inode into place)
 
 

@@ -1,8 +1,9 @@
 """Resume after a real crash: kill a running ``sdedit run`` process, rerun with if_exists=resume.
 
-The driver process is SIGKILLed part-way (it runs as a job on the shared Ray instance, which
-then reaps its actors and tasks). The rerun must keep what the index lists as ok, retry the rest,
-and leave exactly one ok row and one image per (id, sample).
+The driver process is SIGKILLed part-way, inside a shard (it runs as a job on the shared Ray
+instance, which then reaps its actors and tasks). The rerun must keep what the finished shards and
+the unfinished shard's parts list as ok, retry the rest, and leave exactly one ok row and one image
+per (id, sample).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_
 
     out = tmp_path / "out"
     data = job_data(tiny_model, _manifest(data_dir), out, sampling={"steps": 40, "samples": 1},
-                    resources={"batch_size": 1}, output={"rows_per_index_file": 1, "sheet_items": 0})
+                    resources={"batch_size": 1}, output={"sheet_items": 0}, input={"shard_rows": 8})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(data))
     address = ray.get_runtime_context().gcs_address
@@ -49,15 +50,17 @@ def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            if len(list((out / "index").glob("*.parquet"))) >= 3:
+            # killed inside a shard: the first shard finished, some outputs of the next written
+            if list((out / "shards").glob("*.json")) and list((out / ".work").glob("*/*.parquet")):
                 break
             time.sleep(0.1)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    before = pd.read_parquet(out / "index") if (out / "index").exists() else pd.DataFrame()
-    assert 3 <= len(before) < ITEMS, "the run was not killed part-way"
+    written = [*(out / "index").glob("*.parquet"), *(out / ".work").glob("*/*.parquet")]
+    before = pd.concat([pd.read_parquet(p) for p in written]) if written else pd.DataFrame()
+    assert 9 <= len(before) < ITEMS, "the run was not killed inside a shard"
 
     with pytest.raises(ValueError, match="sampling.t0"):  # a resume must not mix settings
         run_job(build_spec({**data, "sampling": {**data["sampling"], "t0": 0.3},
@@ -67,7 +70,9 @@ def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_
     assert summary.exit_code == 0 and summary.outputs == ITEMS
     assert summary.resumed_outputs == len(before[before.status == "ok"].drop_duplicates(["id", "sample"]))
     assert sorted(after.id) == [f"item-{i:02d}" for i in range(ITEMS)] and (after.status == "ok").all()
-    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(p).name for p in after.image)
+    assert sorted(str(p.relative_to(out)) for p in (out / "images").rglob("*.png")) == sorted(after.image)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"many-{k:05d}.json" for k in range(3)]
+    assert not (out / ".work").exists()
     lost = ITEMS - after[after.status == "ok"].id.nunique()
     duplicated = int(after.duplicated(["id", "sample"]).sum())
     record_outcome("driver (`sdedit run`) SIGKILLed mid-job, then rerun with `output.if_exists: resume`",
@@ -80,7 +85,7 @@ def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_
 
 def test_resume_refuses_other_weights(tmp_path: Path, tiny_model: Path, job_data: Any) -> None:
     from pipeline.outdir import write_job_record
-    from pipeline.resume import ResumeError, completed_outputs
+    from pipeline.resume import ResumeError, plan_work
 
     spec = build_spec(job_data(tiny_model, tmp_path / "m.csv", tmp_path / "out",
                                output={"if_exists": "resume"}))
@@ -88,4 +93,4 @@ def test_resume_refuses_other_weights(tmp_path: Path, tiny_model: Path, job_data
     pd.DataFrame({"id": ["a"]}).to_parquet(tmp_path / "out" / "index" / "part.parquet")
     write_job_record(spec, {"model": {"label": "tiny@sha256:old"}})
     with pytest.raises(ResumeError, match="the model changed"):
-        completed_outputs(spec, "tiny@sha256:new")
+        plan_work(spec, [], "tiny@sha256:new")

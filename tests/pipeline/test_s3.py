@@ -95,12 +95,17 @@ def test_everything_on_s3_then_resume(s3: tuple[Any, dict[str, str], str], tiny_
     images = _keys(fs, f"{bucket}/out/images")
     assert images == sorted(f"{bucket}/out/{p}" for p in index.image)
     others = set(_keys(fs, f"{bucket}/out")) - set(images)  # no temporary or partial objects anywhere
-    assert {k.rsplit("/", 1)[-1] for k in others if "/index/" not in k} == {"job.json", "README.md"}
-    assert all(k.endswith(".parquet") for k in others if "/index/" in k)
+    assert {k.rsplit("/", 1)[-1] for k in others if "/index/" not in k and "/shards/" not in k} == {
+        "job.json", "README.md"}
+    assert [k.rsplit("/", 1)[-1] for k in others if "/index/" in k] == ["first-00000.parquet"]
+    assert [k.rsplit("/", 1)[-1] for k in others if "/shards/" in k] == ["first-00000.json"]
     record = fs.cat(f"{bucket}/out/job.json").decode()
     assert KEY not in record and SECRET not in record
 
-    # An interrupted run, as a resume sees it: one image lost, a second manifest added later.
+    # An interrupted run, as a resume sees it: killed inside its shard (rows in a part file, no index file,
+    # no record yet) with one image lost, and a second manifest added later.
+    fs.mv(f"{bucket}/out/index/first-00000.parquet", f"{bucket}/out/.work/first-00000/old-part.parquet")
+    fs.rm(f"{bucket}/out/shards/first-00000.json")
     lost = f"{bucket}/out/{index[index.id == 'plain-1'].image.iloc[0]}"
     fs.rm(lost)
     kept = [k for k in images if k != lost]

@@ -8,6 +8,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from PIL import Image
@@ -18,7 +19,7 @@ from pipeline.decode import decode_batch
 from pipeline.editing import EditSettings
 from pipeline.images import WorkingSize, encode_image, fit_image, mask_bits
 from pipeline.manifest import manifest_format, normalize_batch
-from pipeline.naming import OutputLayout, image_relpath, safe_stem
+from pipeline.naming import OutputLayout, image_relpath, member_key, safe_stem
 from pipeline.redact import REDACTED, redact, redact_argv, strip_userinfo
 from pipeline.spec import ModelSpec, OutputSpec, SamplingSpec
 from pipeline.storage import resolve_relative, write_atomic
@@ -30,7 +31,7 @@ def _settings(**kw: Any) -> Any:
 
 
 def _manifest(rows: list[dict[str, Any]]) -> pa.Table:
-    return manifest_table(rows)
+    return manifest_table([{"shard": "s-00000", **r} for r in rows])
 
 
 @pytest.mark.parametrize("policy, expected", [
@@ -117,13 +118,16 @@ def test_resolve_relative_and_formats() -> None:
 
 def test_safe_names() -> None:
     ids = ["a/b", "a_b", "..", "../../etc/passwd", "Ünïcode", "x" * 500, "CON", "", "tshirt-01", "Tshirt-01"]
-    names = [image_relpath(i, 0, "png") for i in ids]
+    names = [image_relpath("m-00000", i, 0, "png") for i in ids]
     assert len(set(names)) == len(names)
     for name in names:
-        stem = name[len("images/"):]
+        stem = name[len("images/m-00000/"):]
         assert "/" not in stem and not stem.startswith(".") and len(stem) < 100 and stem.isascii()
     assert safe_stem("tshirt-01") == "tshirt-01"
-    assert image_relpath("x", 2, "jpeg") == "images/x_s2.jpg"
+    assert image_relpath("m-00000", "x", 2, "jpeg") == "images/m-00000/x_s2.jpg"
+    assert image_relpath(None, "x", 2, "jpeg") == "images/x_s2.jpg"  # the flat layout before shards
+    keys = [member_key(i, 0) for i in [*ids, "a.c", "a_c"]]  # WebDataset keys: no dot, unique
+    assert len(set(keys)) == len(keys) and not any("." in k for k in keys)
 
 
 def test_redaction() -> None:
@@ -169,28 +173,15 @@ def test_actor_is_batch_invariant_and_isolates_failures(tiny_model: Path, data_d
         assert a["output"] == b["output"] and a["status"] == b["status"]
     assert [r["status"] for r in whole].count("error") == 2 and whole[-1]["output"] is None
     assert {r["t0"] for r in whole if r["id"] == "b"} == {0.2}
-    index = write_batch(editor(work), WriteSettings(
+    written = write_batch(editor(work), WriteSettings(
         output=OutputSpec(uri=str(tmp_path)), sampling=sampling, working=WorkingSize(1, SIZE, SIZE),
-        layout=OutputLayout())).to_pylist()
-    assert sum(r["status"] == "ok" for r in index) == 6
-    assert all((tmp_path / r["image"]).exists() for r in index if r["status"] == "ok")
-
-
-def test_rows_per_index_file_is_a_cap(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    import pyarrow.parquet as pq
-
-    from pipeline.index import to_index_table
-    from pipeline.write import IndexDatasink
-
-    rows = [{"id": f"i{k}", "sample": 0, "t0": 0.5, "status": "ok"} for k in range(7)]
-    sink = IndexDatasink(str(tmp_path), None, embed_images=False, rows_per_file=3)
-    sink.write([to_index_table(rows[:4]), to_index_table(rows[4:])], SimpleNamespace(task_idx=5))
-    files = sorted((tmp_path / "index").glob("*.parquet"))
-    assert [pq.read_metadata(f).num_rows for f in files] == [3, 3, 1]
-    sink.write([to_index_table(rows)], SimpleNamespace(task_idx=5))  # a retried task replaces its own files
-    assert sorted((tmp_path / "index").glob("*.parquet")) == files
+        layout=OutputLayout(), run_id="r1")).to_pylist()
+    assert written == [{"shard": "s-00000", "outputs": 8}]
+    parts = list((tmp_path / ".work" / "s-00000").glob("r1-*.parquet"))  # the batch's index rows, one part
+    index = pd.read_parquet(parts[0]).to_dict("records")
+    assert len(parts) == 1 and sum(r["status"] == "ok" for r in index) == 6
+    assert all((tmp_path / r["image"]).exists() and r["image"].startswith("images/s-00000/")
+               for r in index if r["status"] == "ok")
 
 
 def test_job_records_written_before_the_renames_read_under_the_new_names(tmp_path: Path) -> None:

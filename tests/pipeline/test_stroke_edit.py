@@ -135,13 +135,18 @@ def test_stroke_edit_end_to_end_and_resume(tmp_path: Path, stroke_dir: Path, tin
             assert (image[keep] == edited[keep]).all() and (image[~keep] != edited[~keep]).any()
     assert df.loc[("stroke", 0)].notes == "edit mask: 18 px differ by more than 30, grown 1 px"
 
-    # Resume: a lost output and its item's recorded inputs come back; nothing else is made again.
+    # Resume after a kill inside the shard (its rows in a part file, no index file or record yet): a
+    # lost output and its item's recorded inputs come back; nothing else is made again.
+    shard = df.loc[("stroke", 1)].shard
+    (out / ".work" / shard).mkdir(parents=True)
+    (out / "index" / f"{shard}.parquet").rename(out / ".work" / shard / "old-part.parquet")
+    (out / "shards" / f"{shard}.json").unlink()
     (out / df.loc[("stroke", 1)].image).unlink()
-    (out / "inputs" / "stroke_mask.png").unlink()
+    (out / "inputs" / shard / "stroke_mask.png").unlink()
     kept = (out / df.loc[("masked", 0)].image).stat().st_mtime_ns
     data["output"]["if_exists"] = "resume"
     again = run_job(build_spec(data))
     assert again.resumed_outputs == 3 and again.outputs_ok == 4
     df2 = pd.read_parquet(out / "index").set_index(["id", "sample"]).sort_index()
-    assert df2.loc[("stroke", 1)].status == "ok" and (out / "inputs" / "stroke_mask.png").exists()
+    assert df2.loc[("stroke", 1)].status == "ok" and (out / "inputs" / shard / "stroke_mask.png").exists()
     assert (out / df.loc[("masked", 0)].image).stat().st_mtime_ns == kept

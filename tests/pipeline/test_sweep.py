@@ -47,15 +47,19 @@ def test_t0_list_and_single_value() -> None:
 
 
 def test_names_and_keys() -> None:
-    assert image_relpath("a", 1, "png", 0.3) == "images/a_t0.30_s1.png"
-    assert image_relpath("a", 1, "png") == "images/a_s1.png"  # single-t0 jobs keep their names
+    assert image_relpath("s", "a", 1, "png", 0.3) == "images/s/a_t0.30_s1.png"
+    assert image_relpath("s", "a", 1, "png") == "images/s/a_s1.png"  # single-t0 jobs keep their names
     assert t0_label(0.255) == "0.255" and t0_label(1.0) == "1.00"
     assert canonical_t0(0.1 + 0.2) == canonical_t0(0.3)  # 0.30000000000000004
     sweep, single = OutputLayout(sweep=True), OutputLayout(sweep=False)
     assert sweep.key("a", 0.1 + 0.2, 0) == sweep.key("a", 0.3, 0) == ("a", 0.3, 0)
     assert single.key("a", 0.3, 0) == ("a", None, 0)
-    assert sweep.image_path("a", 0.3, 1) == "images/a_t0.30_s1.png"
-    assert single.image_path("a", 0.3, 1) == "images/a_s1.png"
+    assert sweep.image_path("s", "a", 0.3, 1) == "images/s/a_t0.30_s1.png"
+    assert single.image_path("s", "a", 0.3, 1) == "images/s/a_s1.png"
+    assert sweep.done_key(0.1 + 0.2, 1) == "0.3/1" and single.done_key(0.3, 1) == "/1"
+    packed = OutputLayout(sweep=True, webdataset=True)
+    assert packed.image_path("s", "a.b", 0.3, 1) == f"webdataset/s.tar/{packed.member('a.b', 0.3, 1)}"
+    assert "." not in packed.member("a.b", 0.3, 1).rsplit(".", 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +90,9 @@ def test_sweep_seeds_equal_across_t0_and_names_unique(sweep_job: dict[str, Any])
     assert (seeds == 1).all()  # a sweep column differs only by t0
     assert index.image.is_unique
     for row in index.itertuples():
-        assert row.image == image_relpath(row.id, row.sample, "png", row.t0)
+        assert row.image == image_relpath(row.shard, row.id, row.sample, "png", row.t0)
         assert (out / row.image).is_file()
-    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(p).name for p in index.image)
+    assert sorted(str(p.relative_to(out)) for p in (out / "images").rglob("*.png")) == sorted(index.image)
     plain = index[(index.id == "plain-0") & (index["sample"] == 0)].sort_values("t0")
     low, high = (Image.open(out / p).tobytes() for p in plain.image)
     assert low != high
@@ -111,9 +115,14 @@ def test_sweep_sheet_and_plot(sweep_job: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_resume_of_a_sweep_redoes_exactly_the_missing_output(sweep_job: dict[str, Any]) -> None:
     out, data = sweep_job["out"], sweep_job["data"]
-    gone = image_relpath("plain-1", 1, "png", 0.3)
-    others = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir() if p.name != Path(gone).name}
+    shard = sweep_job["index"].shard.iloc[0]
+    gone = image_relpath(shard, "plain-1", 1, "png", 0.3)
+    others = {p.name: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png") if p.name != Path(gone).name}
     original = (out / gone).read_bytes()
+    # killed inside the shard: its rows only in a part file, no index file or record yet; one image lost
+    (out / ".work" / shard).mkdir(parents=True)
+    (out / "index" / f"{shard}.parquet").rename(out / ".work" / shard / "old-part.parquet")
+    (out / "shards" / f"{shard}.json").unlink()
     (out / gone).unlink()
     summary = run_job(build_spec({**data, "output": {**data["output"], "if_exists": "resume"}}))
     after = pd.read_parquet(out / "index")
@@ -121,7 +130,8 @@ def test_resume_of_a_sweep_redoes_exactly_the_missing_output(sweep_job: dict[str
     assert summary.items_run == 1 and summary.outputs == len(sweep_job["index"])
     assert (out / gone).read_bytes() == original  # same seed, same bytes
     assert not after.duplicated(["id", "t0", "sample"]).any() and (after.status == "ok").all()
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir() if p.name != Path(gone).name} == others
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")
+            if p.name != Path(gone).name} == others
     redone = after[after.image == gone]
     before = sweep_job["index"].set_index("image").loc[gone]
     assert len(redone) == 1 and redone.seed.iloc[0] == before.seed

@@ -1,0 +1,95 @@
+"""The manifest rows a run works on: its unfinished shards' rows, as a Ray Dataset.
+
+Small manifests (one file or a few, up to :data:`SMALL_MANIFESTS_BYTES` in all) are read in the
+driver: no Ray execution before the work starts (seconds saved on every small job), the ids checked
+in place. Larger ones are read by Ray tasks, one per shard, and the ids are checked by a distributed
+group-by (pipeline.idcheck); the driver then holds the list of shards and nothing per row.
+Each pending shard's reader also tells the shard tracker how many outputs the shard will have.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from pipeline.decode import planned_outputs
+from pipeline.idcheck import check_unique_ids
+from pipeline.manifest import check_ids
+from pipeline.naming import OutputLayout
+from pipeline.resume import WorkPlan
+from pipeline.rows import MANIFEST_SCHEMA
+from pipeline.shards import Shard, read_shard
+from pipeline.spec import SamplingSpec
+from pipeline.storage import url_to_fs
+from pipeline.tracker import tell
+
+SMALL_MANIFESTS_BYTES = 32 * 2**20  # manifests this small in all are read by the driver itself
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    """What a shard reader needs (picklable, sent with every read task)."""
+
+    sampling: SamplingSpec
+    layout: OutputLayout
+    classes: Any = None  # sdedit_kernel.ClassLabels of a class-conditional model
+    options: Mapping[str, Any] | None = None  # input's; may hold credentials
+    tracker: Any = None
+
+    def __repr__(self) -> str:
+        return "ReadSettings(...)"
+
+
+def manifest_bytes(shards: list[Shard], options: Mapping[str, Any]) -> int:
+    total = 0
+    for uri in dict.fromkeys(s.uri for s in shards):
+        fs, path = url_to_fs(uri, options)
+        total += fs.size(path) or 0
+    return total
+
+
+def open_manifest(shards: list[Shard], work: WorkPlan, settings: ReadSettings,
+                  cpus: float = 0.25) -> ray.data.Dataset | None:
+    """The pending shards' rows (None: nothing to do); raises ManifestError for missing / duplicate ids."""
+    options = settings.options or {}
+    if manifest_bytes(shards, options) <= SMALL_MANIFESTS_BYTES:
+        tables = [read_shard(s, options, settings.classes) for s in shards]
+        check_ids(pa.chunked_array([t.column("id") for t in tables], pa.string()))
+        pending = {s.name for s in work.pending}
+        rows = [_with_done(t, work.done.get(s.name), settings) for s, t in zip(shards, tables, strict=True)
+                if s.name in pending]
+        return ray.data.from_arrow(pa.concat_tables(rows)) if rows else None
+    check_unique_ids(shards, options)
+    if not work.pending:
+        return None
+    items = [{**s.as_item(), "done": json.dumps(work.done[s.name]) if s.name in work.done else None}
+             for s in work.pending]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        read_shards, batch_size=1, batch_format="pyarrow", num_cpus=cpus, fn_kwargs={"settings": settings},
+    )
+
+
+def read_shards(batch: pa.Table, settings: ReadSettings) -> pa.Table:
+    """Shard items -> their normalised manifest rows, done outputs marked (a Ray task)."""
+    tables = []
+    for item in batch.to_pylist():
+        done = json.loads(item["done"]) if item["done"] else None
+        table = read_shard(item, settings.options or {}, settings.classes)
+        tables.append(_with_done(table, done, settings))
+    return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+
+def _with_done(table: pa.Table, done: Mapping[str, list[str]] | None, settings: ReadSettings) -> pa.Table:
+    """Mark the outputs already made, and tell the tracker how many this shard will have."""
+    if done:
+        column = pa.array([done.get(i) for i in table.column("id").to_pylist()], pa.list_(pa.string()))
+        table = table.set_column(table.schema.get_field_index("done"), "done", column)
+    if table.num_rows:
+        expected = sum(len(planned_outputs(row, settings.sampling, settings.layout)) for row in table.to_pylist())
+        tell(settings.tracker, "expect", table.column("shard")[0].as_py(), expected)
+    return table
