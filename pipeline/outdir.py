@@ -89,18 +89,24 @@ def write_job_record(spec: JobSpec, details: Mapping[str, Any]) -> None:
     write_atomic(fs, join_uri(root, JOB_FILE), (json.dumps(record, indent=2, default=str) + "\n").encode())
 
 
-def write_dataset_card(spec: JobSpec, model: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+def write_dataset_card(spec: JobSpec, model: Mapping[str, Any], summary: Mapping[str, Any], run_id: str = "0") -> None:
     """OUT/README.md: a Hugging Face dataset card whose front matter points ``datasets`` at the index.
 
     Without it ``datasets.load_dataset(OUT)`` guesses the imagefolder loader and returns the contact
     sheets and plots as rows; with it, the index (one row per output, images embedded or as paths).
     """
     s, out = spec.sampling, spec.output
-    image = ("embedded in the index (`image` decodes to a PIL image)" if out.embed_images else
-             "files under `images/`; the index's `image` column holds their path relative to this folder")
+    if out.webdataset:
+        image = ("packed per shard in `webdataset/<shard>.tar` (per output its image and its index row as "
+                 "JSON; read them with `webdataset`, or `load_dataset(\"path/to/this/folder/webdataset\")`, whose "
+                 "own card declares the JSON's types); the index's `image` column reads "
+                 "`webdataset/<shard>.tar/<member>`" + (" and embeds the bytes" if out.embed_images else ""))
+    else:
+        image = ("embedded in the index (`image` decodes to a PIL image)" if out.embed_images else
+                 "files under `images/<shard>/`; the index's `image` column holds their path relative to this folder")
     text = f"""---
 configs:
-- config_name: default
+- config_name: {config_name(run_id)}
   data_files:
   - split: train
     path: {INDEX_DIR}/*.parquet
@@ -114,7 +120,8 @@ guides of `{", ".join(strip_userinfo(m) for m in spec.input.manifests)}` with th
 `{model.get("label")}`, sampler `{s.sampler}`, t0 {s.t0}{f" ({s.t0_mode})" if isinstance(s.t0, list) else ""},
 {s.samples} sample(s) per item, seed {s.seed}.
 
-- outputs: {summary.get("outputs_ok")} ok of {summary.get("outputs")} from {summary.get("items")} items
+- outputs: {summary.get("outputs_ok")} ok of {summary.get("outputs")} from {summary.get("items")} items, in shards
+  of {spec.input.shard_rows} manifest rows (`shards/<shard>.json`: each shard's counts)
   ({summary.get("items_failed")} items failed; the `status` and `error` columns say why)
 - images: {image}
 - `job.json`: the resolved job spec, model identity, versions and timings
@@ -127,6 +134,44 @@ ok = ds.filter(lambda r: r["status"] == "ok")
 """
     fs, root = url_to_fs(spec.output.uri, spec.options_for("output"))
     write_atomic(fs, join_uri(root, CARD_FILE), text.encode())
+    if out.webdataset:
+        write_atomic(fs, join_uri(root, WEBDATASET_DIR, CARD_FILE), _webdataset_card(out.format, run_id).encode())
+
+
+def config_name(run_id: str) -> str:
+    """The card's one config, named after the run that wrote it. ``datasets`` (5.x) caches a folder's
+    dataset under (folder name, config name, a hash of the card's patterns): it does not look at the
+    files, so two outputs in folders of one name, or an output that a resume has grown, would be read
+    back from the cache of another. A name per run gives each its own cache; with one config,
+    ``load_dataset(OUT)`` picks it without being told."""
+    return f"sdedit-{run_id}"
+
+
+def _webdataset_card(image_format: str, run_id: str) -> str:
+    """OUT/webdataset/README.md: ``datasets.load_dataset(OUT/webdataset)`` with every JSON field typed.
+
+    Without declared features ``datasets`` infers the JSON's types from a shard's first few samples,
+    where a column that is null there (``mask``, ``error``) becomes a null type and a later value fails.
+    """
+    import pyarrow as pa
+    import yaml
+
+    from pipeline.index import INDEX_COLUMNS
+    from pipeline.naming import EXTENSIONS
+    from pipeline.rows import TYPES
+
+    dtypes = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
+    fields = [{"name": c, "dtype": "string" if c == "image" else dtypes[TYPES[c]]} for c in INDEX_COLUMNS]
+    card = {
+        "configs": [{"config_name": config_name(run_id), "data_files": [{"split": "train", "path": "*.tar"}]}],
+        "dataset_info": {"config_name": config_name(run_id), "features": [
+            {"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"},
+            {"name": EXTENSIONS[image_format], "dtype": "image"}, {"name": "json", "struct": fields},
+        ]},
+    }
+    return ("---\n" + yaml.safe_dump(card, sort_keys=False) + "---\n# SDEdit outputs as WebDataset shards\n\n"
+            "One tar per shard of the job (`../shards/<shard>.json` has its counts); per output an image and "
+            "a JSON file holding its index row (`../index/`).\n")
 
 
 def read_job_record(out_uri: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

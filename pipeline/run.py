@@ -160,7 +160,7 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
     done_with("summarize")
     write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict(),
                             "shards": {"total": len(shards), "to_run": len(work.pending)}, "phases_s": phases})
-    write_dataset_card(spec, plan.describe(), summary.as_dict())
+    write_dataset_card(spec, plan.describe(), summary.as_dict(), run_id)
     log.info("sdedit: phases (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     if sheet and spec.output.sheet_items:
         _write_sheet(spec)

@@ -1,7 +1,7 @@
 """The manifest rows a run works on: its unfinished shards' rows, as a Ray Dataset.
 
-Small manifests (one file or a few, up to :data:`SMALL_MANIFESTS_BYTES` in all) are read in the
-driver: no Ray execution before the work starts (seconds saved on every small job), the ids checked
+Small manifests (up to :data:`SMALL_MANIFEST_ROWS` rows and :data:`SMALL_MANIFESTS_BYTES` in all)
+are read in the driver: no Ray execution before the work starts (seconds saved on every small job), the ids checked
 in place. Larger ones are read by Ray tasks, one per shard, and the ids are checked by a distributed
 group-by (pipeline.idcheck); the driver then holds the list of shards and nothing per row.
 Each pending shard's reader also tells the shard tracker how many outputs the shard will have.
@@ -28,7 +28,10 @@ from pipeline.spec import SamplingSpec
 from pipeline.storage import url_to_fs
 from pipeline.tracker import tell
 
-SMALL_MANIFESTS_BYTES = 32 * 2**20  # manifests this small in all are read by the driver itself
+# Manifests this small in all (rows and bytes) are read by the driver itself: a Parquet file of a
+# million rows is a few MB, so bytes alone would not say what reading it in the driver costs.
+SMALL_MANIFEST_ROWS = 20_000
+SMALL_MANIFESTS_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def open_manifest(shards: list[Shard], work: WorkPlan, settings: ReadSettings,
                   cpus: float = 0.25) -> ray.data.Dataset | None:
     """The pending shards' rows (None: nothing to do); raises ManifestError for missing / duplicate ids."""
     options = settings.options or {}
-    if manifest_bytes(shards, options) <= SMALL_MANIFESTS_BYTES:
+    if sum(s.rows for s in shards) <= SMALL_MANIFEST_ROWS and manifest_bytes(shards, options) <= SMALL_MANIFESTS_BYTES:
         tables = [read_shard(s, options, settings.classes) for s in shards]
         check_ids(pa.chunked_array([t.column("id") for t in tables], pa.string()))
         pending = {s.name for s in work.pending}

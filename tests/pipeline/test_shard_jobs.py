@@ -41,6 +41,10 @@ def test_a_grown_manifest_reruns_only_its_last_and_new_shards(tmp_path: Path, da
     assert first.outputs == 14 and first.exit_code == 0
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["m-00000.json", "m-00001.json", "m-00002.json"]
     before = {p: (out / p).stat().st_mtime_ns for p in _images(out)}
+    import datasets
+
+    cache = str(tmp_path / "hf")  # one cache for both reads: the grown output must not come back stale
+    assert datasets.load_dataset(str(out), split="train", cache_dir=cache).num_rows == 14
     _manifest(folder, range(10))  # three rows appended: shard 2 grows to 3 rows, shard 3 is new
     second = run_job(build_spec(data))
     assert second.exit_code == 0 and second.outputs == 20 and second.resumed_outputs == 14
@@ -51,6 +55,7 @@ def test_a_grown_manifest_reruns_only_its_last_and_new_shards(tmp_path: Path, da
         "m-00000": (3, 6, 6), "m-00001": (3, 6, 6), "m-00002": (3, 6, 4), "m-00003": (1, 2, 2)}
     index = pd.read_parquet(out / "index")
     assert len(index) == 20 and not index.duplicated(["id", "sample"]).any() and (index.status == "ok").all()
+    assert datasets.load_dataset(str(out), split="train", cache_dir=cache).num_rows == 20
     clean = tmp_path / "clean"  # byte-identical to a clean run of the grown manifest
     run_job(build_spec(job_data(tiny_model, manifest, clean, input={"shard_rows": 3})))
     assert _images(clean) == _images(out)
@@ -87,6 +92,8 @@ def test_webdataset_shards_read_by_webdataset_and_datasets(tmp_path: Path, data_
     folder = tmp_path / "data"
     shutil.copytree(data_dir / "img", folder / "img")
     manifest = _manifest(folder, range(5))
+    manifest.write_text(manifest.read_text().replace("id,guide\n", "id,guide,mask\n").replace(".png\n", ".png,\n")
+                        .replace("item-04,img/g0.png,", "item-04,img/g0.png,img/m3.png"))
     out = tmp_path / "out"
     data = job_data(tiny_model, manifest, out, input={"shard_rows": 3},
                     output={"webdataset": True, "embed_images": embed, "if_exists": "resume"})
@@ -101,12 +108,14 @@ def test_webdataset_shards_read_by_webdataset_and_datasets(tmp_path: Path, data_
     index = pd.read_parquet(out / "index")
     paths = index.image.map(lambda v: v["path"] if isinstance(v, dict) else v)
     assert set(paths) == {s["json"]["image"] for s in samples}
-    loaded = datasets.load_dataset("webdataset", data_files={"train": tars}, split="train")
+    loaded = datasets.load_dataset(str(out / "webdataset"), split="train")  # its card types every JSON field
     assert loaded.num_rows == 10 and loaded[0]["png"].size == (16, 16) and loaded[0]["json"]["status"] == "ok"
+    assert sum(r["json"]["mask"] is not None for r in loaded) == 2
     assert (out / "sheet.png").is_file()
     with tarfile.open(tars[1]) as tar:
         old = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png")}
-    _manifest(folder, range(6))  # the last shard grows: its tar is packed again with the earlier outputs kept
+    with open(manifest, "a") as f:  # the last shard grows: its tar is packed again, earlier outputs kept
+        f.write("item-05,img/g1.png,\n")
     again = run_job(build_spec(data))
     assert again.outputs == 12 and again.resumed_outputs == 10
     with tarfile.open(tars[1]) as tar:
