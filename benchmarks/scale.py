@@ -4,6 +4,7 @@ Usage: python benchmarks/scale.py manifest [--rows 100000 1000000 10000000] [--f
        python benchmarks/scale.py startup --code-root ROOT [--rows 100000 1000000 10000000]
        python benchmarks/scale.py resume-before --code-root ROOT [--done 20000 100000 1000000]
        python benchmarks/scale.py resume-after --code-root ROOT [--done 1000000] [--new 10000]
+       python benchmarks/scale.py resume-before-run --code-root ROOT [--done 100000] [--new 1000]
        python benchmarks/scale.py table LOG.jsonl
        (each also takes [--folder /tmp/scale] [--log LOG.jsonl] [--timeout-s 1200])
 
@@ -21,7 +22,8 @@ decode stage ships to every task); the folder is deleted after. ``resume-after``
 synthesizes a finished job of D outputs in shards of 10,000 (index files and records, written by
 that code's own ``finish_shard``), appends N new rows to its manifest and runs the whole ``run_job``
 resume, against a clean run of the N new items alone into an empty folder: the difference is what
-the D done outputs cost the rerun. A run that passes ``--timeout-s``
+the D done outputs cost the rerun. ``resume-before-run`` does the same whole-run comparison on the
+code before issue 17 (its flat layout synthesized with image files). A run that passes ``--timeout-s``
 or runs out of memory is recorded as such. Every result is printed and, with ``--log``, appended as
 one JSON line, after one line describing the machine.
 
@@ -542,6 +544,44 @@ def resume_after(code_root: Path, done: int, new: int, folder: Path = FOLDER,
             shutil.rmtree(path, ignore_errors=True)
 
 
+def resume_before_run(code_root: Path, done: int, new: int, folder: Path = FOLDER,
+                      timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    """The flat layout's whole ``run_job`` resume (the code before issue 17) of a finished ``done``-output
+    job whose manifest grew by ``new`` rows, against a clean run of the ``new`` items alone: the same
+    job and trivial model stage as :func:`resume_after`, so the two differences compare."""
+    record: dict[str, Any] = {"kind": "resume-before-run", "code_root": str(code_root), "done": done, "new": new}
+    why = room_for(folder, done)
+    if why:
+        return {**record, "status": f"skipped: {why}"}
+    grown = make_manifest(done + new, folder)
+    out, alone = folder / f"resume-before-run-{done}", folder / f"new-alone-before-{new}"
+
+    def spec(manifest: Path, uri: Path) -> dict[str, Any]:
+        data = after_spec(manifest, uri)
+        data["input"].pop("shard_rows")
+        data["output"]["rows_per_index_file"] = INDEX_ROWS_PER_FILE
+        return data
+
+    for path in (out, alone):
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        made = run_snippet(BEFORE_SYNTHESIZE, code_root, {
+            "spec": spec(grown, out), "done": done, "rows_per_file": INDEX_ROWS_PER_FILE,
+            "guide": str(folder / GUIDE.name)}, timeout_s)
+        if made["status"] != "ok":
+            return {**record, "status": f"synthesis {made['status']}", "synthesis": made}
+        load = round(os.getloadavg()[0], 2)
+        resumed = run_snippet(AFTER_RUN, code_root, {"spec": spec(grown, out)}, timeout_s)
+        only_new = run_snippet(AFTER_RUN, code_root, {"spec": spec(
+            rows_of(grown, done, done + new, folder / f"new-{done}-{new}.parquet"), alone)}, timeout_s)
+        return {**record, "load_avg_1m": load, "synthesize_s": made.get("synthesize_s"),
+                "status": "ok" if resumed["status"] == only_new["status"] == "ok" else "failed",
+                "resume": resumed, "new_alone": only_new}
+    finally:
+        for path in (out, alone):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def table(records: list[dict[str, Any]]) -> str:
     """Markdown tables of the startup and resume records (any code root), in the order given."""
     def number(r: dict[str, Any], key: str, form: str = ".0f", scale: float = 1.0) -> str:
@@ -567,7 +607,7 @@ def table(records: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("manifest", "startup", "resume-before", "resume-after"):
+    for name in ("manifest", "startup", "resume-before", "resume-after", "resume-before-run"):
         s = sub.add_parser(name)
         s.add_argument("--folder", type=Path, default=FOLDER, help="manifests and synthesized outputs")
         s.add_argument("--log", type=Path, default=None, help="append results here as JSON lines")
@@ -580,6 +620,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     sub.choices["resume-before"].add_argument("--done", type=int, nargs="+", default=[20_000, 100_000, 1_000_000])
     sub.choices["resume-after"].add_argument("--done", type=int, nargs="+", default=[1_000_000])
     sub.choices["resume-after"].add_argument("--new", type=int, default=10_000)
+    sub.choices["resume-before-run"].add_argument("--done", type=int, nargs="+", default=[100_000])
+    sub.choices["resume-before-run"].add_argument("--new", type=int, default=1_000)
     sub.add_parser("table").add_argument("log", type=Path)
     args = p.parse_args(argv)
 
@@ -613,6 +655,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 if not made["reused"]:  # a manifest made here is timed on its own, before the run
                     keep(made)
                 keep(startup(args.code_root.resolve(), n, args.folder, args.timeout_s))
+        elif args.command == "resume-before-run":
+            for n in args.done:
+                keep(resume_before_run(args.code_root.resolve(), n, args.new, args.folder, args.timeout_s))
         elif args.command == "resume-after":
             for n in args.done:
                 keep(resume_after(args.code_root.resolve(), n, args.new, args.folder, args.timeout_s))

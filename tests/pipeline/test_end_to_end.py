@@ -154,6 +154,22 @@ def test_index_reads_with_pyarrow_and_pandas(csv_run: dict[str, Any]) -> None:
     assert str(df.generator_seed.dtype) == "Int64" and not df.generator_seed.isna().any()
 
 
+def test_index_reads_with_duckdb_and_polars(csv_run: dict[str, Any]) -> None:
+    import duckdb
+    import polars as pl
+
+    files = str(csv_run["out"] / "index" / "*.parquet")
+    counts = dict(duckdb.sql(f"select status, count(*) from '{files}' group by status").fetchall())
+    assert counts == csv_run["df"].status.value_counts().to_dict()
+    widths = duckdb.sql(f"select distinct typeof(width), typeof(sample) from '{files}'").fetchall()
+    assert widths == [("INTEGER", "INTEGER")]
+    frame = pl.read_parquet(files)
+    assert frame.height == len(csv_run["df"]) and frame.schema["width"] == pl.Int32
+    errors = int((csv_run["df"].status == "error").sum())
+    assert frame.filter(pl.col("status") == "error")["width"].null_count() == errors
+    assert frame.filter(pl.col("status") == "ok")["image"].str.starts_with("images/").all()
+
+
 def test_dataset_card_points_datasets_at_the_index(csv_run: dict[str, Any], tmp_path: Path) -> None:
     card = (csv_run["out"] / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "path: index/*.parquet" in card

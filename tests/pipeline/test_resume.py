@@ -40,7 +40,7 @@ def test_kill_then_resume(tmp_path: Path, tiny_model: Path, data_dir: Path, job_
     import ray
 
     out = tmp_path / "out"
-    data = job_data(tiny_model, _manifest(data_dir), out, sampling={"steps": 40, "samples": 1},
+    data = job_data(tiny_model, _manifest(data_dir), out, sampling={"steps": 300, "samples": 1},
                     resources={"batch_size": 1}, output={"sheet_items": 0}, input={"shard_rows": 8})
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(data))
