@@ -21,6 +21,7 @@ import pyarrow as pa
 from pipeline.compose import build_inputs, record_inputs
 from pipeline.errors import ItemError
 from pipeline.images import WorkingSize, guide_pixels, load_image, mask_bits, open_image, short_reason
+from pipeline.manifest import resolved
 from pipeline.naming import OutputLayout
 from pipeline.redact import strip_userinfo
 from pipeline.rows import INPUT_COLUMNS, WORK_SCHEMA
@@ -81,7 +82,7 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
         record["workflow"] = row.get("workflow") or "guide"
         if error is None:
             try:
-                pixels, edit_mask = _item_inputs(row, record, settings, notes)
+                pixels, edit_mask = _item_inputs(resolved(row), record, settings, notes)
             except ItemError as e:
                 error, error_kind = e.message, e.kind
             except Exception as e:  # noqa: BLE001 - an unexpected decoder failure is still one item's

@@ -2,7 +2,8 @@
 
 A manifest is read shard by shard (:mod:`pipeline.shards`); each shard's rows are normalised to one schema
 (:data:`MANIFEST_SCHEMA`): ids become strings, guide and mask URIs (and the base, overlay, original
-and edited of composite and stroke-edit rows) are resolved against the manifest file's own folder,
+and edited of composite and stroke-edit rows) are kept as given, with the manifest file they resolve
+against (:func:`resolved`: relative URIs are relative to the manifest's own folder),
 each row's way of giving its guide is recorded in ``workflow``, and per-item overrides are parsed.
 A malformed override or a row that mixes ways does not stop the job: it is carried in ``error`` /
 ``error_kind`` and becomes an error row later. Only what makes the whole job
@@ -136,9 +137,9 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
         embedded = _embedded_image(images[i], columns, i, problems)
         out["guide_bytes"].append(embedded)
         out["id"].append(_id_text(columns["id"][i]))
-        for name in URI_COLUMNS:
-            uri = _text(columns[name][i])
-            out[name].append(resolve_relative(row_base, uri) if uri else None)
+        out["manifest"].append(row_base)
+        for name in URI_COLUMNS:  # as given: decode resolves them against the row's manifest
+            out[name].append(_text(columns[name][i]))
         given = {name for name in READ_COLUMNS if name not in _NOT_A_WAY and not _missing(columns[name][i])}
         if embedded is not None:
             given.add("guide")
@@ -164,6 +165,14 @@ def normalize_batch(batch: pa.Table, fs: Any = None, json_lines: bool = False,
         out["shard"].append(None)  # set by the shard's reader (pipeline.shards)
         out["done"].append(None)  # set for unfinished shards by resume
     return pa.Table.from_pydict(out, schema=MANIFEST_SCHEMA)
+
+
+def resolved(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A manifest row whose URIs are resolved against its manifest (what decoding reads); the row
+    itself keeps them as the manifest gave them (what the index records)."""
+    base = row.get("manifest")
+    return {**row, **{name: resolve_relative(base, row[name]) if base and row.get(name) else row.get(name)
+                      for name in URI_COLUMNS}}
 
 
 def _workflow(given: set[str], problems: list[ItemError]) -> str:

@@ -38,8 +38,10 @@ COLUMNS: tuple[Column, ...] = (
     _col("shard", pa.string(), {"manifest"} | _CARRIED, "the manifest shard the item is in (pipeline.shards)"),
     _col("sample", pa.int32(), _CARRIED, "sample index within the item"),
     _col("image", pa.string(), {"index"}, "path relative to OUT; struct{bytes, path} with output.embed_images"),
-    _col("guide", pa.string(), _GIVEN, "guide URI as resolved against the manifest"),
-    _col("mask", pa.string(), _GIVEN, "mask URI (white = regenerate)"),
+    _col("guide", pa.string(), _GIVEN, "guide URI as the manifest gave it (relative ones: to the manifest's folder)"),
+    _col("mask", pa.string(), _GIVEN, "mask URI as the manifest gave it (white = regenerate)"),
+    _col("manifest", pa.string(), {"manifest"}, "the manifest file the row came from: its relative URIs resolve "
+         "against it"),
     _col("t0", pa.float64(), _GIVEN, "perturbation time; a manifest value overrides sampling.t0"),
     _col("sampler", pa.string(), {"index"}),
     _col("steps", pa.int32(), {"result", "index"}, "reverse steps actually taken"),

@@ -17,13 +17,13 @@ from pipeline.images import WorkingSize, guide_pixels, load_image, mask_bits
 from pipeline.index import read_index
 from pipeline.naming import OutputLayout, split_tar_path, t0_label
 from pipeline.outdir import SHEET_FILE, read_job_record
-from pipeline.storage import join_uri, read_bytes, url_to_fs, write_atomic
+from pipeline.storage import join_uri, read_bytes, resolve_relative, url_to_fs, write_atomic
 
 TILE = 112
 LABEL_W = 150
 HEADER_H = 22
 MAX_SAMPLE_COLUMNS = 8
-TILE_COLUMNS = ["guide", "mask", "built_guide", "built_mask", "label_name"]  # what input_tiles and labels read
+TILE_COLUMNS = ["shard", "guide", "mask", "built_guide", "built_mask", "label_name"]  # what input_tiles, labels read
 
 
 def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
@@ -34,7 +34,7 @@ def make_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = None,
     several_t0 = isinstance(job["spec"]["sampling"]["t0"], list)  # a sweep, or variants at several t0: caption t0
     # Image paths follow from (shard, id, t0, sample): the image column (maybe embedded bytes) is never
     # read; a few index files suffice for a sheet, however many shards the job has.
-    table = read_index(out_uri, out_options, columns=["id", "shard", "sample", "t0", "status", *TILE_COLUMNS],
+    table = read_index(out_uri, out_options, columns=["id", "sample", "t0", "status", *TILE_COLUMNS],
                        max_files=8)
     rows = table.to_pylist()
     by_id: dict[str, list[dict[str, Any]]] = {}
@@ -128,13 +128,34 @@ def input_tiles(out_uri: str, row: Mapping[str, Any], working: WorkingSize,
     """The guide and mask tiles of an index row (which needs :data:`TILE_COLUMNS` read).
 
     Composite and stroke-edit rows show the guide and mask the run built and recorded in
-    OUT/inputs/, exactly as the sampler got them; other rows re-decode their guide and mask URIs.
+    OUT/inputs/, exactly as the sampler got them; other rows re-decode their guide and mask URIs
+    (as the manifest gave them: relative ones resolve against the manifest their shard came from).
     """
+    base = _manifest_of(out_uri, row.get("shard"), out_options)
+    if base:
+        row = {**row, **{k: resolve_relative(base, row[k]) for k in ("guide", "mask") if row.get(k)}}
     guide = (_built_tile(out_uri, row["built_guide"], out_options) if row["built_guide"]
              else _guide_tile(row["guide"], working, input_options))
     mask = (_built_tile(out_uri, row["built_mask"], out_options) if row["built_mask"]
             else _mask_tile(row["guide"], row["mask"], working, input_options))
     return guide, mask
+
+
+def _manifest_of(out_uri: str, shard: str | None, options: Mapping[str, Any] | None) -> str | None:
+    """The manifest file a shard was cut from (its record's ``source``); None: unknown (older outputs
+    recorded resolved URIs)."""
+    if shard is None:
+        return None
+    sources = _SOURCES.get(out_uri)
+    if sources is None or shard not in sources:
+        from pipeline.finalize import read_records
+
+        sources = _SOURCES[out_uri] = {name: r.get("source", {}).get("uri")
+                                       for name, r in read_records(out_uri, options).items()}
+    return sources.get(shard)
+
+
+_SOURCES: dict[str, dict[str, str | None]] = {}  # per output folder: shard -> its manifest
 
 
 def _built_tile(out_uri: str, relpath: str, options: Mapping[str, Any] | None) -> Image.Image:

@@ -72,7 +72,7 @@ def make_sweep_sheet(out_uri: str, *, out_options: Mapping[str, Any] | None = No
     """
     job = read_job_record(out_uri, out_options)
     working, layout = working_size(job), OutputLayout.of_job(job["spec"])
-    table = read_index(out_uri, out_options, columns=["id", "shard", "sample", "t0", "status", *TILE_COLUMNS],
+    table = read_index(out_uri, out_options, columns=["id", "sample", "t0", "status", *TILE_COLUMNS],
                        max_files=8)
     by_id: dict[str, dict[float, dict[str, Any]]] = {}
     for row in sorted(table.to_pylist(), key=lambda r: r["sample"]):

@@ -17,7 +17,7 @@ from sdedit_testing import SIZE, decode_settings  # SIZE: the tiny model's sampl
 from pipeline.compose import fit_region, grow, paste_overlay, place
 from pipeline.decode import decode_batch
 from pipeline.jobfile import build_spec
-from pipeline.manifest import missing_columns, normalize_batch
+from pipeline.manifest import missing_columns, normalize_batch, resolved
 from pipeline.run import run_job
 
 BASE = 60
@@ -148,8 +148,8 @@ def test_manifest_rules() -> None:
     ], base="/data/m.csv").to_pylist()
     by_id = {r["id"]: r for r in rows}
     good = by_id["c"]
-    placed = (good["workflow"], good["base"], good["x"], good["y"], good["scale"])
-    assert placed == ("composite", "/data/b.png", 3, 0.25, 1.5)
+    placed = (good["workflow"], resolved(good)["base"], good["x"], good["y"], good["scale"])
+    assert placed == ("composite", "/data/b.png", 3, 0.25, 1.5) and good["base"] == "b.png"
     assert good["error"] is None
     assert by_id["mixed"]["error"] == ("bad row: it gives guide and base, overlay; give exactly one of guide, "
                                          "base + overlay, original + edited")

@@ -19,7 +19,7 @@ from pipeline.decode import decode_batch
 from pipeline.editing import Editor, EditSettings
 from pipeline.images import WorkingSize
 from pipeline.jobfile import SpecError, build_spec
-from pipeline.manifest import normalize_batch
+from pipeline.manifest import normalize_batch, resolved
 from pipeline.run import preflight, run_job
 from pipeline.spec import ModelSpec, SamplingSpec
 from sdedit_kernel import ClassLabels, generator_for, load_score_model, sdedit, seed_for
@@ -101,7 +101,7 @@ def test_embedded_image_column_as_datasets_writes_it() -> None:
                           pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         "guide": [None, None, "c.png"],
     })
-    rows = {r["id"]: r for r in normalize_batch(table).to_pylist()}
+    rows = {r["id"]: resolved(r) for r in normalize_batch(table).to_pylist()}
     assert rows["a"]["guide_bytes"] == data and rows["a"]["guide"] is None and rows["a"]["error"] is None
     assert rows["b"]["guide"] == "/d/rel/b.png" and rows["b"]["guide_bytes"] is None  # a path: a guide URI
     assert rows["c"]["guide"] == "/d/c.png" and rows["c"]["error"] is None

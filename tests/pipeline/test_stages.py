@@ -18,7 +18,7 @@ from pipeline.actor import ActorSettings, SDEditor
 from pipeline.decode import decode_batch
 from pipeline.editing import EditSettings
 from pipeline.images import WorkingSize, encode_image, fit_image, mask_bits
-from pipeline.manifest import manifest_format, normalize_batch
+from pipeline.manifest import manifest_format, normalize_batch, resolved
 from pipeline.naming import OutputLayout, image_relpath, member_key, safe_stem
 from pipeline.redact import REDACTED, redact, redact_argv, strip_userinfo
 from pipeline.spec import ModelSpec, OutputSpec, SamplingSpec
@@ -88,7 +88,10 @@ def test_manifest_normalisation_resolves_relative_uris() -> None:
         "mask": [None, "../masks/a.png", ""], "t0": [0.3, None, float("nan")],
         "seed": ["12", None, "x"], "samples": [None, 2.0, 0],
     })
-    rows = normalize_batch(raw).to_pylist()
+    given = normalize_batch(raw).to_pylist()
+    assert [r["guide"] for r in given] == ["img/a.png", "/abs/b.png", "s3://other/c.png"]  # kept as given
+    assert {r["manifest"] for r in given} == {"/data/m/manifest.csv"}
+    rows = [resolved(r) for r in given]  # what decode reads
     assert rows[0]["guide"] == "/data/m/img/a.png" and rows[0]["t0"] == 0.3 and rows[0]["seed"] == 12
     assert rows[1]["guide"] == "/abs/b.png" and rows[1]["mask"] == "/data/masks/a.png"
     assert rows[1]["t0"] is None and rows[1]["samples"] == 2 and rows[1]["error"] is None
@@ -97,7 +100,7 @@ def test_manifest_normalisation_resolves_relative_uris() -> None:
     assert "t0=nan" in rows[2]["error"]  # an explicit NaN is an error; only an empty cell means "none"
     s3 = fsspec.filesystem("memory")
     raw = pa.table({"path": ["/bucket/m.csv"], "id": [7], "guide": ["g/a.png"]})
-    rows = normalize_batch(raw, fs=s3).to_pylist()
+    rows = [resolved(r) for r in normalize_batch(raw, fs=s3).to_pylist()]
     assert rows[0]["id"] == "7" and rows[0]["guide"] == "memory:///bucket/g/a.png"
 
 
