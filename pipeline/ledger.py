@@ -2,8 +2,9 @@
 
 Ray restarts a model actor whose process died and retries its batch, without limit (Ray Data's
 default for actor pools). An item that kills the process every time (a segfault in a custom op, an
-out-of-memory kill on one odd input) would then be retried forever. The ledger is a small named-less
-Ray actor the model actors report to: before a batch they record an attempt, after it they clear it.
+out-of-memory kill on one odd input) would then be retried forever. The ledger lives in the job's
+small bookkeeping actor (:class:`pipeline.tracker.JobBook`), which the model actors report to:
+before a batch they record an attempt, after it they clear it.
 An attempt that is never cleared is a process that died. A batch seen dying once is retried one item
 at a time, and an item on which the process died ``max_crashes`` times is skipped as an error row.
 Only unfinished attempts are kept: the ledger stays small however long the job.
@@ -42,11 +43,6 @@ class CrashLedger:
 
     def progress(self) -> tuple[int, int]:
         return self.made[0], self.made[1]
-
-
-def start_ledger() -> Any:
-    """A ledger actor for one job (no CPU reserved: it only counts)."""
-    return ray.remote(CrashLedger).options(num_cpus=0, max_restarts=-1).remote()
 
 
 def work_key(keys: Iterable[tuple[Any, ...]]) -> str:

@@ -23,7 +23,6 @@ from pipeline.actor import ActorSettings, SDEditor
 from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.editing import EditSettings
 from pipeline.finalize import FinishSettings, finish_shard
-from pipeline.ledger import start_ledger
 from pipeline.lock import OutputLock
 from pipeline.outdir import WORK_DIR, prepare_output, write_dataset_card, write_job_record
 from pipeline.preflight import Plan, preflight
@@ -35,7 +34,7 @@ from pipeline.source import ReadSettings, open_manifest
 from pipeline.spec import JobSpec
 from pipeline.storage import join_uri, url_to_fs
 from pipeline.summary import RunSummary, summarize_records
-from pipeline.tracker import start_tracker
+from pipeline.tracker import start_book
 from pipeline.write import WriteSettings, write_batch
 
 log = logging.getLogger("pipeline")
@@ -134,7 +133,7 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
     work = plan_work(spec, shards, plan.label)
     done_with("resume" if spec.output.if_exists == "resume" else "prepare_output")
     run_id = uuid.uuid4().hex[:12]
-    tracker = start_tracker()
+    tracker = start_book()  # the shard tracker, and the crash ledger the model actors report to
     manifest = open_manifest(shards, work, ReadSettings(
         sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=in_options, tracker=tracker))
     done_with("read_manifests")
@@ -142,7 +141,7 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
                             "shards": {"total": len(shards), "to_run": len(work.pending)}})
     finisher = _Finisher(spec, plan, work, run_id, tracker)
     if manifest is not None:
-        ledger = start_ledger()
+        ledger = tracker
 
         def ask() -> tuple[int, int]:
             return ray.get(ledger.progress.remote(), timeout=10)

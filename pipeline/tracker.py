@@ -51,8 +51,32 @@ class ShardTracker:
         return ready
 
 
-def start_tracker() -> Any:
-    return ray.remote(ShardTracker).options(num_cpus=0, max_restarts=-1).remote()
+class JobBook(ShardTracker):
+    """One small actor per job for all the bookkeeping: the shard tracker and the crash ledger
+    (pipeline.ledger) in one process, so a small job starts one helper process, not two."""
+
+    def __init__(self) -> None:
+        from pipeline.ledger import CrashLedger
+
+        super().__init__()
+        self.ledger = CrashLedger()
+
+    def begin(self, key: str) -> int:
+        return self.ledger.begin(key)
+
+    def finish(self, key: str) -> None:
+        self.ledger.finish(key)
+
+    def report(self, ok: int, failed: int) -> None:
+        self.ledger.report(ok, failed)
+
+    def progress(self) -> tuple[int, int]:
+        return self.ledger.progress()
+
+
+def start_book() -> Any:
+    """The job's bookkeeping actor (no CPU reserved: it only counts)."""
+    return ray.remote(JobBook).options(num_cpus=0, max_restarts=-1).remote()
 
 
 def tell(handle: Any, method: str, *args: Any) -> None:
