@@ -121,17 +121,23 @@ class TreePss:
         return total / 1024
 
 
+def start_ray():
+    """A local Ray instance of 2 CPUs, quiet; the seconds it took."""
+    started = time.perf_counter()
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return time.perf_counter() - started
+
+
 def emit(result):
     print("''' + MARKER + r'''" + json.dumps(result), flush=True)
 '''
 
 # The code before issue 17: its whole manifest read, duplicate-id check included, as the driver runs it.
 BEFORE_STARTUP = r'''
-start = time.perf_counter()
+init_s = start_ray()
 import ray
-ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-ray.data.DataContext.get_current().enable_progress_bars = False
-init_s = time.perf_counter() - start
 start = time.perf_counter()
 import pipeline
 import pipeline.manifest as manifest
@@ -228,11 +234,8 @@ emit({"seconds": seconds, "outputs_found": len(done), "peak_rss_mib": peak, "rss
 # The same driver work in the sharded code (issue 17): plan shards (offsets, no rows), check ids (a
 # distributed group-by for large manifests) and build the lazy dataset of pending shards.
 AFTER_STARTUP = r'''
-start = time.perf_counter()
+init_s = start_ray()
 import ray
-ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-ray.data.DataContext.get_current().enable_progress_bars = False
-init_s = time.perf_counter() - start
 start = time.perf_counter()
 import pipeline
 from pipeline.naming import OutputLayout
@@ -306,9 +309,8 @@ AFTER_RUN = r'''
 import json
 from pathlib import Path
 
+start_ray()
 import ray
-ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-ray.data.DataContext.get_current().enable_progress_bars = False
 import pipeline
 from pipeline.jobfile import build_spec
 from pipeline.run import run_job

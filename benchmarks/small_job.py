@@ -37,13 +37,14 @@ PAGE = ROOT / "docs" / "performance.md"
 def make_model(folder: Path, size: int, channels: int) -> Path:
     """A seeded random UNet2DModel of the given shape, saved as a diffusers folder."""
     import torch
-    from diffusers import UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels,
                        block_out_channels=(32, 64), layers_per_block=1,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
-    unet.save_pretrained(folder)
+    unet.save_pretrained(folder, safe_serialization=True)
+    DDPMScheduler(clip_sample=False).save_config(folder)  # the noise schedule SDEdit needs
     return folder
 
 

@@ -19,7 +19,6 @@ import os
 import tarfile
 import tempfile
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,11 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import kind_of
 from pipeline.index import INDEX_DIR, conform, write_parquet
 from pipeline.naming import WEBDATASET_DIR, OutputLayout, split_tar_path
 from pipeline.outdir import RECORDS_DIR, WORK_DIR
 from pipeline.storage import is_local, join_uri, list_names, url_to_fs, write_atomic
+from pipeline.summary import index_counts
 from pipeline.write import part_dir, staged_image
 
 
@@ -136,7 +135,7 @@ def finish_shard(shard: Mapping[str, Any], settings: FinishSettings,
             fs.rm(join_uri(root, rel))
     record = {
         "shard": name, "source": {k: shard[k] for k in ("uri", "format", "start", "stop")},
-        "rows": shard["stop"] - shard["start"], **_counts(table), "outputs_new": new.num_rows,
+        "rows": shard["stop"] - shard["start"], **index_counts(table), "outputs_new": new.num_rows,
         "items_new": len(set(new.column("id").to_pylist())),
         "model_seconds_new": round(sum(v or 0.0 for v in new.column("duration_ms").to_pylist()) / 1000, 3),
         "run_id": settings.run_id, "index_files": files, "webdataset": tar,
@@ -167,21 +166,6 @@ def _unique(table: pa.Table, layout: OutputLayout, exclude: set[Any], ok_only: b
         seen.add(key)
         keep.append(i)
     return table if len(keep) == table.num_rows else table.take(pa.array(keep, pa.int64()))
-
-
-def _counts(table: pa.Table) -> dict[str, Any]:
-    ids = table.column("id").to_pylist()
-    statuses = table.column("status").to_pylist()
-    failed: dict[str, str] = {}
-    for item_id, status, error, kind in zip(ids, statuses, table.column("error").to_pylist(),
-                                            table.column("error_kind").to_pylist(), strict=True):
-        if status != "ok" and item_id not in failed:
-            failed[item_id] = kind_of(error, kind)
-    return {
-        "outputs": len(ids), "outputs_ok": sum(s == "ok" for s in statuses), "items": len(set(ids)),
-        "items_failed": len(failed), "failures_by_reason": dict(Counter(failed.values())),
-        "items_with_notes": len({i for i, n in zip(ids, table.column("notes").to_pylist(), strict=True) if n}),
-    }
 
 
 def _pack_tar(fs: Any, root: str, shard: str, table: pa.Table, layout: OutputLayout,

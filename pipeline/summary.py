@@ -80,28 +80,29 @@ def summarize(out_uri: str, options: Mapping[str, Any] | None, wall_s: float, la
     """
     columns = ["id", "sample", "t0", "status", "error", "error_kind", "notes"]
     table: pa.Table = read_index(out_uri, options, columns=columns)
-    ids = table.column("id").to_pylist()
-    statuses = table.column("status").to_pylist()
-    samples = table.column("sample").to_pylist()
-    t0s = table.column("t0").to_pylist()
-    failed_items: dict[str, str] = {}
-    for item_id, status, error, kind in zip(ids, statuses, table.column("error").to_pylist(),
-                                            table.column("error_kind").to_pylist(), strict=True):
-        if status != "ok" and item_id not in failed_items:
-            failed_items[item_id] = kind_of(error, kind)
+    ids, samples, t0s = (table.column(c).to_pylist() for c in ("id", "sample", "t0"))
     return RunSummary(
-        out_uri=out_uri,
-        items=len(set(ids)),
-        outputs=len(ids),
-        outputs_ok=sum(1 for s in statuses if s == "ok"),
-        items_failed=len(failed_items),
-        failures_by_reason=dict(Counter(failed_items.values())),
-        wall_s=wall_s,
-        resumed_outputs=len(resumed),
+        out_uri=out_uri, **index_counts(table), wall_s=wall_s, resumed_outputs=len(resumed),
         items_run=len({i for i, t0, s in zip(ids, t0s, samples, strict=True)
                        if layout.key(i, t0, s) not in resumed}),
-        items_with_notes=len({i for i, n in zip(ids, table.column("notes").to_pylist(), strict=True) if n}),
     )
+
+
+def index_counts(table: pa.Table) -> dict[str, Any]:
+    """Outputs, ok outputs, items, failed items by reason (an item's first failure) and items with
+    notes, of index rows (``id``, ``status``, ``error``, ``error_kind``, ``notes`` read)."""
+    ids = table.column("id").to_pylist()
+    statuses = table.column("status").to_pylist()
+    failed: dict[str, str] = {}
+    for item_id, status, error, kind in zip(ids, statuses, table.column("error").to_pylist(),
+                                            table.column("error_kind").to_pylist(), strict=True):
+        if status != "ok" and item_id not in failed:
+            failed[item_id] = kind_of(error, kind)
+    return {
+        "outputs": len(ids), "outputs_ok": sum(s == "ok" for s in statuses), "items": len(set(ids)),
+        "items_failed": len(failed), "failures_by_reason": dict(Counter(failed.values())),
+        "items_with_notes": len({i for i, n in zip(ids, table.column("notes").to_pylist(), strict=True) if n}),
+    }
 
 
 def summarize_records(out_uri: str, options: Mapping[str, Any] | None, wall_s: float, run_id: str) -> RunSummary:

@@ -283,7 +283,7 @@ def test_bad_manifests_stop_before_any_work(tmp_path: Path, tiny_model: Path, jo
     record_outcome(case, f"stops before any work, exit 2: `input.manifest: ... {message}`", 0, 0)
 
 
-def test_oversized_file_is_refused_from_its_size_unread(tmp_path: Path) -> None:
+def test_oversized_file_is_refused_from_its_size_unread(tmp_path: Path, record_outcome: Any) -> None:
     """A file larger than any image within input.max_pixels can be is refused before it is read."""
     from pipeline.decode import load_image
     from pipeline.storage import FileTooLargeError, read_bytes
@@ -294,6 +294,9 @@ def test_oversized_file_is_refused_from_its_size_unread(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad guide: .*huge.png: 67108864 bytes, more than an image of "
                                          r"input.max_pixels=100 pixels can take"):
         load_image(str(big), {}, "guide", max_pixels=100)
+    record_outcome("a file larger than any image within input.max_pixels can be (a 64 MiB sparse file, limit "
+                   "100 px)", "error row `bad guide: huge.png: 67108864 bytes, more than an image of "
+                   "input.max_pixels=100 pixels can take`, refused from its size, unread (unit test)", 0, 0)
     with pytest.raises(FileTooLargeError):
         read_bytes(str(big), limit=10)
     small = tmp_path / "small.bin"
