@@ -81,8 +81,8 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, ledger:
             edit=edit_settings(spec, plan), max_crashes_per_item=resources.max_crashes_per_item, ledger=ledger,
         )},
     )
-    return ds.map_batches(
-        write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS, udf_modifying_row_count=False,
+    return ds.map_batches(  # returns a row per shard it wrote to, not a row per output
+        write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
         fn_kwargs={"settings": WriteSettings(
             output=spec.output, sampling=sampling, working=plan.working(spec), layout=spec.layout,
             storage_options=spec.options_for("output"), label_names=plan.label_names, run_id=run_id,
