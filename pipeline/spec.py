@@ -154,7 +154,8 @@ class InputSpec(_Section):
 class OutputSpec(_Section):
     """Where and how results are written."""
 
-    uri: str = Field(description="Output folder URI (required): OUT/images/, OUT/index/, OUT/job.json.")
+    uri: str = Field(description="Output folder URI (required): OUT/images/<shard>/, OUT/index/, OUT/shards/, "
+                     "OUT/job.json.")
     format: Literal["png", "jpeg", "webp"] = Field("png", description="Image file format.")
     quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality (ignored for PNG).")
     embed_images: bool = Field(
@@ -168,8 +169,9 @@ class OutputSpec(_Section):
     if_exists: Literal["error", "overwrite", "resume"] = Field(
         "error",
         description="When OUT already holds outputs: error (refuse, touch nothing), overwrite (delete "
-        "OUT/images, OUT/index, OUT/job.json, OUT/sheet.png first) or resume (keep the outputs the "
-        "index lists as ok, produce only the rest; the sampling/model fields must match job.json).",
+        "OUT/images, OUT/index, OUT/shards, OUT/webdataset, OUT/job.json, OUT/sheet.png first) or resume (skip "
+        "finished shards whole, inside the others keep the outputs already made, produce only the rest; the "
+        "fields that shape outputs must match job.json).",
     )
     rows_per_index_file: int = Field(
         100_000, ge=1, description="Most index rows per Parquet file: a finished shard's index is one file "
