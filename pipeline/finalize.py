@@ -73,7 +73,7 @@ def read_records(out_uri: str, options: Mapping[str, Any] | None = None) -> dict
     return records
 
 
-def shard_rows(out_uri: str, options: Mapping[str, Any] | None, shard: str,
+def rows_so_far(out_uri: str, options: Mapping[str, Any] | None, shard: str,
                previous: Mapping[str, Any] | None) -> tuple[pa.Table | None, list[tuple[str, pa.Table]]]:
     """An unfinished shard's rows so far: the index of its earlier finish (a grown shard) and its parts
     as (part name, table); unreadable parts (never published whole by this version) are skipped."""
@@ -97,9 +97,7 @@ def _read(fs: Any, path: str) -> pa.Table | None:
     try:
         with fs.open(path, "rb") as f:
             return pq.read_table(f)
-    except FileNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 - a foreign or truncated file: its outputs are made again
+    except Exception:  # noqa: BLE001 - gone, foreign or truncated: its outputs are made again
         return None
 
 
@@ -108,7 +106,7 @@ def finish_shard(shard: Mapping[str, Any], settings: FinishSettings,
     """Merge, publish and record one shard whose outputs are all written (a Ray task); its record."""
     fs, root = url_to_fs(settings.out_uri, settings.options)
     name = shard["name"]
-    finished, parts = shard_rows(settings.out_uri, settings.options, name, previous)
+    finished, parts = rows_so_far(settings.out_uri, settings.options, name, previous)
     ours = [conform(t, settings.embed_images, settings.label_names) for n, t in parts
             if n.startswith(f"{settings.run_id}-")]
     earlier = [conform(t, settings.embed_images, settings.label_names) for n, t in parts

@@ -39,7 +39,7 @@ def check_unique_ids(shards: list[Shard], options: Mapping[str, Any], num_cpus: 
     found = ray.get([count.remote(*[p[b] for p in parts]) for b in range(BUCKETS)])
     nulls = sum(ray.get([p[BUCKETS] for p in parts]))
     shown = [d for names, _ in found for d in names][:5]
-    report_ids(nulls, (shown, sum(total for _, total in found)), None)
+    report_ids(nulls, (shown, sum(total for _, total in found)))
 
 
 def _split_ids(shards: list[dict[str, Any]], options: dict[str, Any]) -> tuple[Any, ...]:
@@ -53,9 +53,7 @@ def _split_ids(shards: list[dict[str, Any]], options: dict[str, Any]) -> tuple[A
 
 
 def _bucket_duplicates(*parts: pa.Array) -> tuple[list[str], int]:
-    ids = pa.chunked_array([p for p in parts if len(p)], pa.string()) if any(len(p) for p in parts) else \
-        pa.chunked_array([], pa.string())
-    return duplicate_ids(ids)
+    return duplicate_ids(pa.chunked_array([p for p in parts if len(p)], pa.string()))
 
 
 def bucket_of(ids: pa.Array, buckets: int) -> np.ndarray:

@@ -7,6 +7,7 @@ Hugging Face ``datasets``) sees one consistent table.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.rows import TYPES, names
-from pipeline.storage import arrow_filesystem, join_uri, url_to_fs
+from pipeline.storage import arrow_filesystem, join_uri, url_to_fs, write_atomic
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 INDEX_COLUMNS: list[str] = list(names("index"))  # the contract columns, in order (pipeline.rows)
@@ -47,11 +48,13 @@ def _pandas_metadata() -> bytes:
 _PANDAS_METADATA = _pandas_metadata()
 
 
+HF_DTYPES = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}  # datasets'
+
+
 def _hf_features(schema: pa.Schema, label_names: Sequence[str] | None) -> dict[str, Any]:
     """Hugging Face ``datasets`` features for every column: ``image`` decodes to a PIL image."""
-    dtypes = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
     features = {
-        f.name: {"_type": "Image"} if f.name == "image" else {"dtype": dtypes[f.type], "_type": "Value"}
+        f.name: {"_type": "Image"} if f.name == "image" else {"dtype": HF_DTYPES[f.type], "_type": "Value"}
         for f in schema
     }
     if label_names:
@@ -68,10 +71,6 @@ def to_index_table(rows: Sequence[Mapping[str, Any]], embed_images: bool = False
 
 def write_parquet(fs: Any, path: str, table: pa.Table) -> None:
     """Publish ``table`` as one whole Parquet file (encoded in memory, then :func:`write_atomic`)."""
-    import io
-
-    from pipeline.storage import write_atomic
-
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     write_atomic(fs, path, buffer.getvalue())

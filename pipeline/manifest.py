@@ -333,7 +333,7 @@ def normalize_ids(ids: pa.Array | pa.ChunkedArray | list[Any]) -> pa.Array:
 
 def check_ids(ids: pa.Array | pa.ChunkedArray) -> None:
     """Every output is named after its item id, so ids must be present and unique (all ids at hand)."""
-    report_ids(ids.null_count, duplicate_ids(ids), None)
+    report_ids(ids.null_count, duplicate_ids(ids))
 
 
 def duplicate_ids(ids: pa.Array | pa.ChunkedArray, limit: int = 5) -> tuple[list[str], int]:
@@ -343,7 +343,7 @@ def duplicate_ids(ids: pa.Array | pa.ChunkedArray, limit: int = 5) -> tuple[list
     return found.slice(0, limit).to_pylist(), len(found)
 
 
-def report_ids(nulls: int, duplicates: tuple[list[str], int], checked: int | None) -> None:
+def report_ids(nulls: int, duplicates: tuple[list[str], int]) -> None:
     """Raise :class:`ManifestError` for rows without id or duplicate ids."""
     if nulls:
         raise ManifestError(

@@ -153,15 +153,13 @@ def _webdataset_card(image_format: str, run_id: str) -> str:
     Without declared features ``datasets`` infers the JSON's types from a shard's first few samples,
     where a column that is null there (``mask``, ``error``) becomes a null type and a later value fails.
     """
-    import pyarrow as pa
     import yaml
 
-    from pipeline.index import INDEX_COLUMNS
+    from pipeline.index import HF_DTYPES, INDEX_COLUMNS
     from pipeline.naming import EXTENSIONS
     from pipeline.rows import TYPES
 
-    dtypes = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float64(): "float64"}
-    fields = [{"name": c, "dtype": "string" if c == "image" else dtypes[TYPES[c]]} for c in INDEX_COLUMNS]
+    fields = [{"name": c, "dtype": "string" if c == "image" else HF_DTYPES[TYPES[c]]} for c in INDEX_COLUMNS]
     card = {
         "configs": [{"config_name": config_name(run_id), "data_files": [{"split": "train", "path": "*.tar"}]}],
         "dataset_info": {"config_name": config_name(run_id), "features": [

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic_core import PydanticUndefined
 
-from pipeline.finalize import read_records, shard_rows
+from pipeline.finalize import read_records, rows_so_far
 from pipeline.index import INDEX_DIR
 from pipeline.naming import IMAGES_DIR, OutputLayout
 from pipeline.outdir import LAYOUT, RECORDS_DIR, WORK_DIR, read_job_record
@@ -60,10 +60,14 @@ class WorkPlan:
     shards: int = 0
 
     @property
+    def done_inside(self) -> int:
+        """Outputs already made inside the shards this run runs."""
+        return sum(len(keys) for items in self.done.values() for keys in items.values())
+
+    @property
     def resumed_outputs(self) -> int:
         """Outputs already made: those of finished shards, and those inside unfinished ones."""
-        inside = sum(len(keys) for items in self.done.values() for keys in items.values())
-        return sum(r.get("outputs_ok", 0) for r in self.finished.values()) + inside
+        return sum(r.get("outputs_ok", 0) for r in self.finished.values()) + self.done_inside
 
 
 def plan_work(spec: JobSpec, shards: list[Shard], model_label: str) -> WorkPlan:
@@ -72,7 +76,7 @@ def plan_work(spec: JobSpec, shards: list[Shard], model_label: str) -> WorkPlan:
         return WorkPlan(pending=list(shards), shards=len(shards))
     options = spec.options_for("output")
     fs, root = url_to_fs(spec.output.uri, options)
-    made = [name for name in (INDEX_DIR, RECORDS_DIR, IMAGES_DIR, WORK_DIR) if _listing(fs, join_uri(root, name))]
+    made = [name for name in (INDEX_DIR, RECORDS_DIR, IMAGES_DIR, WORK_DIR) if list_names(fs, join_uri(root, name))]
     if not made:
         return WorkPlan(pending=list(shards), shards=len(shards))
     try:
@@ -110,7 +114,7 @@ def plan_work(spec: JobSpec, shards: list[Shard], model_label: str) -> WorkPlan:
     if shrunk:
         log.warning("resume: %d shard(s) have fewer manifest rows than when they were finished (%s...); their "
                     "outputs are kept as they are", len(shrunk), shrunk[0])
-    started = set(_listing(fs, join_uri(root, WORK_DIR)))
+    started = set(list_names(fs, join_uri(root, WORK_DIR)))
     for name in started & set(plan.finished):  # a finish killed after its record: only the clean-up is left
         fs.rm(join_uri(root, part_dir(name)), recursive=True)
     layout = OutputLayout.of_job(spec.public_dict())
@@ -137,11 +141,11 @@ def _done_in_shard(fs: Any, root: str, spec: JobSpec, shard: str, layout: Output
                    previous: Mapping[str, Any] | None) -> dict[str, list[str]]:
     """id -> done keys of one unfinished shard: ok rows whose image is there (or, in a grown
     shard's finished index, ok rows: their images are in place or in its tar)."""
-    finished, parts = shard_rows(spec.output.uri, spec.options_for("output"), shard, previous)
+    finished, parts = rows_so_far(spec.output.uri, spec.options_for("output"), shard, previous)
     if layout.webdataset:
-        present = set(_listing(fs, join_uri(root, part_dir(shard), "images")))
+        present = set(list_names(fs, join_uri(root, part_dir(shard), "images")))
     else:
-        present = set(_listing(fs, join_uri(root, IMAGES_DIR, shard)))
+        present = set(list_names(fs, join_uri(root, IMAGES_DIR, shard)))
         for name in [n for n in present if n.startswith(".") and n.endswith(".tmp")]:  # interrupted writes
             fs.rm(join_uri(root, IMAGES_DIR, shard, name))
     done: dict[str, set[str]] = defaultdict(set)
@@ -156,9 +160,6 @@ def _done_in_shard(fs: Any, root: str, spec: JobSpec, shard: str, layout: Output
             if (trusted and layout.webdataset) or member in present:
                 done[item_id].add(layout.done_key(t0, sample))
     return {item_id: sorted(keys) for item_id, keys in done.items()}
-
-
-_listing = list_names
 
 
 def _check_same_job(spec: JobSpec, record: Mapping[str, Any]) -> None:

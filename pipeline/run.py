@@ -60,9 +60,12 @@ def edit_settings(spec: JobSpec, plan: Plan, **changes: Any) -> EditSettings:
     return replace(settings, **changes)
 
 
-def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, ledger: Any = None,
-                  tracker: Any = None, run_id: str = "run") -> ray.data.Dataset:
-    """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed."""
+def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, book: Any = None,
+                  run_id: str = "run") -> ray.data.Dataset:
+    """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed.
+
+    ``book``: the job's bookkeeping actor (pipeline.tracker.JobBook): the model actors' crash ledger
+    and the write tasks' shard tracker."""
     sampling, resources = spec.sampling, spec.resources
     # Small manifests arrive as one block: split so every actor gets work and batches stream.
     outputs_per_item = sampling.samples * len(sampling.t0_values)
@@ -78,7 +81,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, ledger:
         compute=ray.data.ActorPoolStrategy(min_size=pool.min, max_size=pool.max),
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
         fn_constructor_kwargs={"settings": ActorSettings(
-            edit=edit_settings(spec, plan), max_crashes_per_item=resources.max_crashes_per_item, ledger=ledger,
+            edit=edit_settings(spec, plan), max_crashes_per_item=resources.max_crashes_per_item, ledger=book,
         )},
     )
     return ds.map_batches(  # returns a row per shard it wrote to, not a row per output
@@ -86,7 +89,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, ledger:
         fn_kwargs={"settings": WriteSettings(
             output=spec.output, sampling=sampling, working=plan.working(spec), layout=spec.layout,
             storage_options=spec.options_for("output"), label_names=plan.label_names, run_id=run_id,
-            tracker=tracker,
+            tracker=book,
         )},
     )
 
@@ -133,23 +136,21 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
     work = plan_work(spec, shards, plan.label)
     done_with("resume" if spec.output.if_exists == "resume" else "prepare_output")
     run_id = uuid.uuid4().hex[:12]
-    tracker = start_book()  # the shard tracker, and the crash ledger the model actors report to
+    book = start_book()  # the shard tracker, and the crash ledger the model actors report to
     manifest = open_manifest(shards, work, ReadSettings(
-        sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=in_options, tracker=tracker))
+        sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=in_options, tracker=book))
     done_with("read_manifests")
     write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": work.resumed_outputs,
                             "shards": {"total": len(shards), "to_run": len(work.pending)}})
-    finisher = _Finisher(spec, plan, work, run_id, tracker)
+    finisher = _Finisher(spec, plan, work, run_id, book)
     if manifest is not None:
-        ledger = tracker
-
         def ask() -> tuple[int, int]:
-            return ray.get(ledger.progress.remote(), timeout=10)
+            return ray.get(book.progress.remote(), timeout=10)
 
         reporter = (Progress(ask, _expected_outputs(spec, work), every_s=spec.output.progress_every_s)
                     if spec.output.progress else nullcontext())
         with reporter:
-            results = build_dataset(spec, plan, manifest, ledger=ledger, tracker=tracker, run_id=run_id)
+            results = build_dataset(spec, plan, manifest, book=book, run_id=run_id)
             for _ in results.iter_batches(batch_size=None, batch_format="pyarrow"):
                 finisher.poll()
     done_with("execute")
@@ -219,8 +220,7 @@ class _Finisher:
 def _expected_outputs(spec: JobSpec, work: WorkPlan) -> int | None:
     """About how many outputs this run makes: pending rows x outputs per item, less the resumed ones."""
     per_item = spec.sampling.samples * (len(spec.sampling.t0_values) if spec.sampling.sweep else 1)
-    inside = sum(len(keys) for items in work.done.values() for keys in items.values())
-    return max(0, sum(s.rows for s in work.pending) * per_item - inside)
+    return max(0, sum(s.rows for s in work.pending) * per_item - work.done_inside)
 
 
 def measure_batch_size(spec: JobSpec, plan: Plan) -> int:

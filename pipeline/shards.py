@@ -34,6 +34,7 @@ from pipeline.manifest import (
     manifest_format,
     normalize_batch,
     normalize_ids,
+    peek_columns,
 )
 from pipeline.naming import safe_stem
 from pipeline.rows import READ_COLUMNS
@@ -65,6 +66,11 @@ class Shard:
     def as_item(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(cls, shard: Shard | Mapping[str, Any]) -> Shard:
+        """A shard from itself or from its item (a row of the shard list, extra keys ignored)."""
+        return shard if isinstance(shard, Shard) else cls(**{k: shard[k] for k in cls.__dataclass_fields__})
+
 
 def plan_shards(uris: list[str], declared_format: str, options: Mapping[str, Any],
                 shard_rows: int = DEFAULT_SHARD_ROWS) -> list[Shard]:
@@ -90,7 +96,7 @@ def plan_shards(uris: list[str], declared_format: str, options: Mapping[str, Any
                 tag = f"{tag}-m{position}"
             used_tags.add(tag)
             file_uri = file_path if is_local(fs) else fs.unstrip_protocol(file_path)
-            shards.extend(_file_shards(fs, file_path, file_uri, fmt, tag, shard_rows))
+            shards.extend(_file_shards(fs, file_path, file_uri, fmt, tag, shard_rows, options))
         if len(shards) == before:
             raise ManifestError(f"input.manifest: {uri} has no rows")
     return shards
@@ -113,7 +119,8 @@ def _compressed(path: str) -> bool:
     return path.lower().endswith(_COMPRESSED)
 
 
-def _file_shards(fs: Any, path: str, uri: str, fmt: str, tag: str, shard_rows: int) -> list[Shard]:
+def _file_shards(fs: Any, path: str, uri: str, fmt: str, tag: str, shard_rows: int,
+                 options: Mapping[str, Any]) -> list[Shard]:
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -127,18 +134,10 @@ def _file_shards(fs: Any, path: str, uri: str, fmt: str, tag: str, shard_rows: i
     with fs.open(path, "rb", compression="infer") as f:
         header_end, offsets, total = scan_rows(f, fmt == "csv", shard_rows)
     if fmt == "csv" and total:
-        with fs.open(path, "rb", compression="infer") as f:
-            check_columns(uri, fmt, _csv_header(f.read(header_end), uri))
+        check_columns(uri, fmt, peek_columns(uri, fmt, options) or [])
     return [Shard(f"{tag}-{k:05d}", uri, fmt, k * shard_rows, min((k + 1) * shard_rows, total),
                   offsets[k], offsets[k + 1], header_end)
             for k in range(len(offsets) - 1)]
-
-
-def _csv_header(header: bytes, uri: str) -> list[str]:
-    import csv
-
-    text = header.decode("utf-8-sig").strip()
-    return next(csv.reader([text], delimiter="\t" if uri.lower().endswith(".tsv") else ",")) if text else []
 
 
 def scan_rows(f: Any, csv: bool, shard_rows: int) -> tuple[int, list[int], int]:
@@ -202,7 +201,7 @@ def _advance(ends: np.ndarray, header_end: int, rows: int, offsets: list[int], s
 
 def read_shard(shard: Shard | Mapping[str, Any], options: Mapping[str, Any], classes: Any = None) -> pa.Table:
     """A shard's rows, normalised (:func:`pipeline.manifest.normalize_batch`), with its ``shard`` column."""
-    s = shard if isinstance(shard, Shard) else Shard(**{k: shard[k] for k in Shard.__dataclass_fields__})
+    s = Shard.of(shard)
     fs, _ = url_to_fs(s.uri, options)
     raw = _raw_rows(s, options)
     table = normalize_batch(raw, fs=None if is_local(fs) else fs, json_lines=s.format == "jsonl", base=s.uri,
@@ -213,7 +212,7 @@ def read_shard(shard: Shard | Mapping[str, Any], options: Mapping[str, Any], cla
 
 def read_shard_ids(shard: Shard | Mapping[str, Any], options: Mapping[str, Any]) -> pa.Array:
     """Only a shard's ids, as the job names items (``1.0`` and ``1`` are the same id); nulls kept."""
-    s = shard if isinstance(shard, Shard) else Shard(**{k: shard[k] for k in Shard.__dataclass_fields__})
+    s = Shard.of(shard)
     raw = _raw_rows(s, options, columns=["id"])
     if s.format == "jsonl":
         values = [_json_id(line) for line in raw.column("text").to_pylist()]

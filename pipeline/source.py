@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -41,11 +41,8 @@ class ReadSettings:
     sampling: SamplingSpec
     layout: OutputLayout
     classes: Any = None  # sdedit_kernel.ClassLabels of a class-conditional model
-    options: Mapping[str, Any] | None = None  # input's; may hold credentials
+    options: Mapping[str, Any] | None = field(default=None, repr=False)  # input's; may hold credentials
     tracker: Any = None
-
-    def __repr__(self) -> str:
-        return "ReadSettings(...)"
 
 
 def manifest_bytes(shards: list[Shard], options: Mapping[str, Any]) -> int:
