@@ -35,22 +35,28 @@ class SDEditor:
         self.settings = settings
         self.editor = Editor(settings.edit)
         self.ledger = LedgerClient(settings.ledger)
+        # A process Ray restarted after a death: careful with every batch (pipeline.ledger), and the
+        # first one it is handed, the retry of the batch its predecessor died on, goes item by item.
+        self.careful = self.suspect_next = _restarted()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         results = self.editor.blank_results(rows)
         todo = [i for i, row in enumerate(rows) if row["status"] == "ok"]
-        batch_key = work_key(_key(rows[i]) for i in todo)
-        if todo and self.ledger.begin(batch_key) > 0:
-            # A process died on this batch before: go one item at a time, so only the culprit is lost.
+        batch_key = work_key(_key(rows[i]) for i in todo) if todo else None
+        isolate = False
+        if batch_key is not None and self.careful:
+            isolate = self.ledger.begin(batch_key) > 0 or self.suspect_next
+            self.suspect_next = False
+        elif batch_key is not None:
+            self.ledger.begin_later(batch_key)
+        if isolate:  # a process died on this batch before: one item at a time, so only the culprit is lost
             for i in todo:
                 self._edit_isolated(rows, results, i)
         else:
             self.editor.edit(rows, results, todo)
-        if todo:
-            self.ledger.finish(batch_key)
         ok = sum(r["status"] == "ok" for r in results)
-        self.ledger.report(ok, len(results) - ok)
+        self.ledger.done(batch_key, ok, len(results) - ok)
         return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
 
     def _edit_isolated(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], i: int) -> None:
@@ -66,6 +72,25 @@ class SDEditor:
             return
         self.editor.edit(rows, results, [i])
         self.ledger.finish(key)
+
+
+def _restarted() -> bool:
+    """Whether this process is a Ray actor that Ray restarted after its process died."""
+    import warnings
+
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    try:
+        context = ray.get_runtime_context()
+        if context.get_actor_id() is None:
+            return False
+        with warnings.catch_warnings():  # Ray's property itself calls an API Ray deprecated
+            warnings.simplefilter("ignore")
+            return bool(context.was_current_actor_reconstructed)
+    except Exception:  # noqa: BLE001 - cannot tell: not restarted (the ledger's count still applies)
+        return False
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -121,30 +120,31 @@ def _validate(job: str, overrides: list[str]) -> int:
     return EXIT_OK
 
 
-def ray_address(given: str | None) -> str:
-    """--address, else $RAY_ADDRESS, else "local": a new private instance. Never Ray's own default,
-    which joins whatever instance already runs on the machine (and dies with it)."""
-    return given or os.environ.get("RAY_ADDRESS") or "local"
-
-
 def _run(args: argparse.Namespace) -> int:
     again = ["output.if_exists=resume"] if args.resume else ["output.if_exists=overwrite"] if args.overwrite else []
     spec = _load(args.job, [*args.overrides, *again])
     if spec is None:
         return EXIT_CANNOT_RUN
-    import ray
+    from pipeline.run import preflight, ray_address, ray_connected, run_job
 
-    from pipeline.run import preflight, run_job
+    if args.address and spec.resources.executor == "local":
+        _fail(f"{args.job}: cannot run", ValueError(
+            f"--address {args.address} names a Ray cluster, but resources.executor is local (this process, no Ray); "
+            "drop one of them"))
+        return EXIT_CANNOT_RUN
+
+    def start_ray() -> None:  # only when the job runs on Ray (pipeline.local.choose_executor)
+        import ray
+
+        # Workers' output goes to Ray's log files, not the console, unless --verbose.
+        ray.init(address=ray_address(args.address), log_to_driver=args.verbose,
+                 logging_level=logging.WARNING if args.verbose else logging.ERROR)
+        if not args.verbose:
+            _quiet_ray_data()
 
     try:
         plan = preflight(spec)  # manifests, model and spec checked before Ray starts: a bad job fails fast
-        if not ray.is_initialized():
-            # Workers' output goes to Ray's log files, not the console, unless --verbose.
-            ray.init(address=ray_address(args.address), log_to_driver=args.verbose,
-                     logging_level=logging.WARNING if args.verbose else logging.ERROR)
-        if not args.verbose:
-            _quiet_ray_data()
-        summary = run_job(spec, sheet=not args.no_sheet, plan=plan)
+        summary = run_job(spec, sheet=not args.no_sheet, plan=plan, address=args.address, connect=start_ray)
     except ValueError as e:  # SpecError, ManifestError, OutputExistsError: nothing ran
         _fail(f"{args.job}: cannot run", e)
         return EXIT_CANNOT_RUN
@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         _fail(f"{args.job}: the job failed", RuntimeError(f"{type(e).__name__}: {str(e)[:2000]}"))
         return EXIT_CANNOT_RUN
     print(summary.render())
-    if not args.verbose:
+    if ray_connected() and not args.verbose:
         print(f"        Ray's logs: {_ray_log_dir()} (--verbose shows them on the console)")
     return summary.exit_code
 
@@ -230,7 +230,7 @@ def _tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hi", type=float, default=1.0, help="highest t0 searched (default 1.0)")
     p.add_argument("--max-iters", type=int, default=8, help="bisection probes after the two ends (default 8)")
     p.add_argument("--out", default=None, help="tuned job file to write (default: JOB's name + .tuned.yaml)")
-    p.add_argument("--address", default=None, help="Ray address for reading the manifest (default: local)")
+    p.add_argument("--address", default=None, help=argparse.SUPPRESS)  # former option: tune-t0 never needs Ray
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -248,17 +248,12 @@ def _tune(args: argparse.Namespace) -> int:
     spec = _load(args.job, [])
     if spec is None:
         return EXIT_CANNOT_RUN
-    import ray
-
     from pipeline.run import preflight
     from pipeline.tune import L2Probe, TargetOutOfReach, bisect_t0, sample_guides, write_tuned_job
 
     out = args.out or str(Path(args.job).with_suffix("")) + ".tuned.yaml"
     try:
         plan = preflight(spec)
-        if not ray.is_initialized():
-            ray.init(address=ray_address(args.address), logging_level=logging.WARNING)
-            logging.getLogger("ray.data").setLevel(logging.WARNING)  # the probes, not Ray's progress, are the output
         work = sample_guides(spec, plan, args.sample, args.seed)
         print(f"tune-t0: {work.num_rows} item(s) drawn with seed {args.seed}; model {plan.label}; "
               f"{spec.sampling.sampler}, target L2 {args.target_l2:g} ± {args.tolerance:g}, "

@@ -232,3 +232,14 @@ def _atomic_file(fs: Any, path: str) -> Iterator[Any]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_empty_work(out_uri: str, options: Mapping[str, Any] | None) -> None:
+    """``OUT/.work`` once every shard of the run is finished (each removes its own parts folder)."""
+    fs, root = url_to_fs(out_uri, options)
+    work = join_uri(root, WORK_DIR)
+    try:
+        if fs.exists(work) and not fs.ls(work):
+            fs.rm(work, recursive=True)
+    except FileNotFoundError:
+        pass

@@ -3,11 +3,16 @@
 Ray restarts a model actor whose process died and retries its batch, without limit (Ray Data's
 default for actor pools). An item that kills the process every time (a segfault in a custom op, an
 out-of-memory kill on one odd input) would then be retried forever. The ledger lives in the job's
-small bookkeeping actor (:class:`pipeline.tracker.JobBook`), which the model actors report to:
-before a batch they record an attempt, after it they clear it.
-An attempt that is never cleared is a process that died. A batch seen dying once is retried one item
-at a time, and an item on which the process died ``max_crashes`` times is skipped as an error row.
-Only unfinished attempts are kept: the ledger stays small however long the job.
+small bookkeeping actor (:class:`pipeline.tracker.JobBook`), which the model actors report to.
+
+The protocol costs a healthy actor no waiting: before a batch it sends ``begin`` and after it
+``done`` (outputs counted for the progress line), both fire and forget. Only a process that Ray
+restarted after a death (``was_current_actor_reconstructed``) is careful: the first batch it is
+handed (the retry of the one in flight when its predecessor died) goes one item at a time, and every
+later batch waits for ``begin``'s answer (how many earlier attempts never finished) and goes one item
+at a time if there were any. One item at a time, every item's ``begin`` is waited for, and an item on
+which the process died ``max_crashes`` times is skipped as an error row. An attempt never finished
+is a process that died; only unfinished attempts are kept, so the ledger stays small however long the job.
 """
 
 from __future__ import annotations
@@ -37,7 +42,10 @@ class CrashLedger:
     def finish(self, key: str) -> None:
         self.open.pop(key, None)
 
-    def report(self, ok: int, failed: int) -> None:
+    def done(self, key: str | None, ok: int, failed: int) -> None:
+        """A batch ended: its attempt is finished (``key``, if it had one) and its outputs counted."""
+        if key is not None:
+            self.open.pop(key, None)
         self.made[0] += ok
         self.made[1] += failed
 
@@ -58,6 +66,7 @@ class LedgerClient:
         self.handle = handle
 
     def begin(self, key: str) -> int:
+        """Record an attempt at ``key`` and wait for how many earlier ones never finished."""
         if self.handle is None:
             return 0
         try:
@@ -67,17 +76,21 @@ class LedgerClient:
             self.handle = None
             return 0
 
-    def report(self, ok: int, failed: int) -> None:
-        """Count a batch's outputs for the progress line (fire and forget; a retried batch counts twice)."""
-        if self.handle is not None:
-            try:
-                self.handle.report.remote(ok, failed)
-            except Exception:  # noqa: BLE001
-                self.handle = None
+    def begin_later(self, key: str) -> None:
+        """Record an attempt at ``key`` without waiting (a healthy process's batch)."""
+        self._send("begin", key)
 
     def finish(self, key: str) -> None:
+        self._send("finish", key)
+
+    def done(self, key: str | None, ok: int, failed: int) -> None:
+        """A batch ended: finish its attempt and count its outputs for the progress line (a retried
+        batch counts twice)."""
+        self._send("done", key, ok, failed)
+
+    def _send(self, method: str, *args: Any) -> None:
         if self.handle is not None:
             try:
-                self.handle.finish.remote(key)  # fire and forget: order per caller is kept by Ray
+                getattr(self.handle, method).remote(*args)  # fire and forget: Ray keeps one caller's order
             except Exception:  # noqa: BLE001
                 self.handle = None

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
@@ -22,9 +25,10 @@ import ray
 from pipeline.actor import ActorSettings, SDEditor
 from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.editing import EditSettings
-from pipeline.finalize import FinishSettings, finish_shard
+from pipeline.finalize import FinishSettings, finish_shard, remove_empty_work
+from pipeline.local import LocalCounter, choose_executor, run_local
 from pipeline.lock import OutputLock
-from pipeline.outdir import WORK_DIR, prepare_output, write_dataset_card, write_job_record
+from pipeline.outdir import prepare_output, write_dataset_card, write_job_record
 from pipeline.preflight import Plan, preflight
 from pipeline.progress import Progress
 from pipeline.redact import strip_userinfo
@@ -32,7 +36,6 @@ from pipeline.resume import WorkPlan, plan_work
 from pipeline.shards import Shard, plan_shards
 from pipeline.source import ReadSettings, open_manifest
 from pipeline.spec import JobSpec
-from pipeline.storage import join_uri, url_to_fs
 from pipeline.summary import RunSummary, summarize_records
 from pipeline.tracker import start_book
 from pipeline.write import WriteSettings, write_batch
@@ -58,6 +61,21 @@ def edit_settings(spec: JobSpec, plan: Plan, **changes: Any) -> EditSettings:
         threads=spec.resources.threads, storage_options=spec.options_for("model"),
     )
     return replace(settings, **changes)
+
+
+def write_settings(spec: JobSpec, plan: Plan, run_id: str, tracker: Any = None) -> WriteSettings:
+    return WriteSettings(
+        output=spec.output, sampling=spec.sampling, working=plan.working(spec), layout=spec.layout,
+        storage_options=spec.options_for("output"), label_names=plan.label_names, run_id=run_id, tracker=tracker,
+    )
+
+
+def finish_settings(spec: JobSpec, plan: Plan, run_id: str) -> FinishSettings:
+    return FinishSettings(
+        out_uri=spec.output.uri, layout=spec.layout, embed_images=spec.output.embed_images,
+        rows_per_file=spec.output.rows_per_index_file, run_id=run_id, label_names=plan.label_names,
+        options=spec.options_for("output"),
+    )
 
 
 def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, book: Any = None,
@@ -86,28 +104,40 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, book: A
     )
     return ds.map_batches(  # returns a row per shard it wrote to, not a row per output
         write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-        fn_kwargs={"settings": WriteSettings(
-            output=spec.output, sampling=sampling, working=plan.working(spec), layout=spec.layout,
-            storage_options=spec.options_for("output"), label_names=plan.label_names, run_id=run_id,
-            tracker=book,
-        )},
+        fn_kwargs={"settings": write_settings(spec, plan, run_id, tracker=book)},
     )
 
 
-def run_job(spec: JobSpec, *, sheet: bool = True, plan: Plan | None = None) -> RunSummary:
-    """Run a whole job on the current Ray cluster (a local one starts if none is connected).
+def ray_address(given: str | None = None) -> str:
+    """The Ray cluster a run joins: ``given``, else $RAY_ADDRESS, else "local": a new private instance.
+    Never Ray's own default, which joins whatever instance already runs on the machine (and dies with it)."""
+    return given or os.environ.get("RAY_ADDRESS") or "local"
 
-    Raises :class:`SpecError`, ``ManifestError``, ``OutputExistsError`` or ``OutputLockedError`` (all
-    ValueErrors) before any work starts when the job cannot run; per-item failures end up in the
-    index instead. ``plan``: :func:`preflight`'s result, when the caller already checked the spec.
+
+def ray_connected() -> bool:
+    """Whether this process is connected to Ray (without importing Ray when nothing did)."""
+    module = sys.modules.get("ray")
+    return module is not None and module.is_initialized()
+
+
+def run_job(spec: JobSpec, *, sheet: bool = True, plan: Plan | None = None, address: str | None = None,
+            connect: Callable[[], Any] | None = None) -> RunSummary:
+    """Run a whole job with the executor ``resources.executor`` resolves to (pipeline.local.choose_executor).
+
+    On Ray: the cluster this process is connected to, else ``connect()`` starts one (default: join
+    ``address``, else $RAY_ADDRESS, else a new private local instance). Raises :class:`SpecError`,
+    ``ManifestError``, ``OutputExistsError`` or ``OutputLockedError`` (all ValueErrors) before any work
+    starts when the job cannot run; per-item failures end up in the index instead. ``plan``:
+    :func:`preflight`'s result, when the caller already checked the spec.
     """
     start = time.perf_counter()
     plan = plan if plan is not None else preflight(spec)
     with OutputLock(spec.output.uri, spec.options_for("output")):
-        return _run_locked(spec, plan, sheet, start)
+        return _run_locked(spec, plan, sheet, start, address, connect)
 
 
-def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSummary:
+def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float, address: str | None,
+                connect: Callable[[], Any] | None) -> RunSummary:
     """The job, once this run holds the output folder."""
     phases: dict[str, float] = {}  # where the wall time went, in job.json: fixed costs are visible
     mark = [start]
@@ -117,54 +147,80 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float) -> RunSumm
         phases[phase] = round(now - mark[0], 3)
         mark[0] = now
 
-    if spec.resources.batch_size == "auto":
-        plan = replace(plan, batch_size=measure_batch_size(spec, plan))
     done_with("preflight")
     in_options, out_options = spec.options_for("input"), spec.options_for("output")
     shards = plan_shards(spec.input.manifests, spec.input.format, in_options, spec.input.shard_rows)
     done_with("plan_shards")
-    _warn_if_no_room(spec)
-    s, pool = spec.sampling, spec.resources.actors
-    log.info(
-        "sdedit: %d manifest(s), %d shard(s); model %s (%dx%d, %d channel(s)); %s from t0=%s, %d steps x %d "
-        "pass(es), %d sample(s)/item; %s actor(s) on %s; output %s", len(spec.input.manifests), len(shards),
-        plan.label, plan.height, plan.width, plan.channels, s.sampler, s.t0, plan.steps, s.passes,
-        s.samples, pool.min if pool.min == pool.max else f"{pool.min}-{pool.max}", spec.device,
-        strip_userinfo(spec.output.uri),
-    )
     prepare_output(spec)
     work = plan_work(spec, shards, plan.label)
     done_with("resume" if spec.output.if_exists == "resume" else "prepare_output")
+    expected = _expected_outputs(spec, work)
+    executor = choose_executor(spec, expected, ray_connected=ray_connected(), address=address)
+    if executor == "ray" and not ray_connected():
+        (connect or (lambda: ray.init(address=ray_address(address))))()
+        done_with("start_ray")
+    if spec.resources.batch_size == "auto":
+        plan = replace(plan, batch_size=measure_batch_size(spec, plan, local=executor == "local"))
+        done_with("batch_size")
+    s, pool = spec.sampling, spec.resources.actors
+    log.info(
+        "sdedit: %d manifest(s), %d shard(s); model %s (%dx%d, %d channel(s)); %s from t0=%s, %d steps x %d "
+        "pass(es), %d sample(s)/item; %s on %s; output %s", len(spec.input.manifests), len(shards),
+        plan.label, plan.height, plan.width, plan.channels, s.sampler, s.t0, plan.steps, s.passes, s.samples,
+        "in this process (executor local)" if executor == "local" else
+        f"{pool.min if pool.min == pool.max else f'{pool.min}-{pool.max}'} actor(s)", spec.device,
+        strip_userinfo(spec.output.uri),
+    )
     run_id = uuid.uuid4().hex[:12]
+    running = {"model": plan.describe(), "executor": executor, "resumed_outputs": work.resumed_outputs,
+               "shards": {"total": len(shards), "to_run": len(work.pending)}}
+    if executor == "local":
+        write_job_record(spec, {"status": "running", **running})
+        counter = LocalCounter()
+        with _progress(spec, counter, expected):
+            run_local(spec, plan, shards, work, run_id, counter)
+        done_with("execute")
+    else:
+        _execute_on_ray(spec, plan, shards, work, run_id, running, expected, done_with)
+    summary = summarize_records(spec.output.uri, out_options, time.perf_counter() - start, run_id)
+    done_with("summarize")
+    write_job_record(spec, {"status": "finished", "model": plan.describe(), "executor": executor,
+                            "summary": summary.as_dict(), "shards": running["shards"], "phases_s": phases})
+    write_dataset_card(spec, plan.describe(), summary.as_dict(), run_id)
+    log.info("sdedit: phases (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
+    if sheet and spec.output.sheet_items:
+        _write_sheet(spec)
+    return summary
+
+
+def _execute_on_ray(spec: JobSpec, plan: Plan, shards: list[Shard], work: WorkPlan, run_id: str,
+                    running: dict[str, Any], expected: int, done_with: Callable[[str], None]) -> None:
+    """Ray Data: read the pending shards, decode -> model actors -> write, finishing shards as they complete."""
+    _warn_if_no_room(spec)
     book = start_book()  # the shard tracker, and the crash ledger the model actors report to
     manifest = open_manifest(shards, work, ReadSettings(
-        sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=in_options, tracker=book))
+        sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=spec.options_for("input"),
+        tracker=book))
     done_with("read_manifests")
-    write_job_record(spec, {"status": "running", "model": plan.describe(), "resumed_outputs": work.resumed_outputs,
-                            "shards": {"total": len(shards), "to_run": len(work.pending)}})
+    write_job_record(spec, {"status": "running", **running})
     finisher = _Finisher(spec, plan, work, run_id, book)
     if manifest is not None:
         def ask() -> tuple[int, int]:
             return ray.get(book.progress.remote(), timeout=10)
 
-        reporter = (Progress(ask, _expected_outputs(spec, work), every_s=spec.output.progress_every_s)
-                    if spec.output.progress else nullcontext())
-        with reporter:
+        with _progress(spec, ask, expected):
             results = build_dataset(spec, plan, manifest, book=book, run_id=run_id)
             for _ in results.iter_batches(batch_size=None, batch_format="pyarrow"):
                 finisher.poll()
     done_with("execute")
     finisher.finish_all()
     done_with("finish_shards")
-    summary = summarize_records(spec.output.uri, out_options, time.perf_counter() - start, run_id)
-    done_with("summarize")
-    write_job_record(spec, {"status": "finished", "model": plan.describe(), "summary": summary.as_dict(),
-                            "shards": {"total": len(shards), "to_run": len(work.pending)}, "phases_s": phases})
-    write_dataset_card(spec, plan.describe(), summary.as_dict(), run_id)
-    log.info("sdedit: phases (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
-    if sheet and spec.output.sheet_items:
-        _write_sheet(spec)
-    return summary
+
+
+def _progress(spec: JobSpec, ask: Callable[[], tuple[int, int]], expected: int) -> Any:
+    if not spec.output.progress:
+        return nullcontext()
+    return Progress(ask, expected, every_s=spec.output.progress_every_s)
 
 
 class _Finisher:
@@ -175,11 +231,7 @@ class _Finisher:
     def __init__(self, spec: JobSpec, plan: Plan, work: WorkPlan, run_id: str, tracker: Any) -> None:
         self.work, self.tracker = work, tracker
         self.pending: dict[str, Shard] = {s.name: s for s in work.pending}
-        self.settings = FinishSettings(
-            out_uri=spec.output.uri, layout=spec.layout, embed_images=spec.output.embed_images,
-            rows_per_file=spec.output.rows_per_index_file, run_id=run_id, label_names=plan.label_names,
-            options=spec.options_for("output"),
-        )
+        self.settings = finish_settings(spec, plan, run_id)
         self.task = ray.remote(finish_shard).options(num_cpus=IO_TASK_CPUS, max_retries=3, retry_exceptions=True)
         self.running: list[Any] = []
         self.last = time.monotonic()
@@ -208,13 +260,7 @@ class _Finisher:
         for name in list(self.pending):
             self._start(name)
         ray.get(self.running)
-        fs, root = url_to_fs(self.settings.out_uri, self.settings.options)
-        work = join_uri(root, WORK_DIR)
-        try:
-            if fs.exists(work) and not fs.ls(work):
-                fs.rm(work, recursive=True)
-        except FileNotFoundError:
-            pass
+        remove_empty_work(self.settings.out_uri, self.settings.options)
 
 
 def _expected_outputs(spec: JobSpec, work: WorkPlan) -> int | None:
@@ -223,13 +269,17 @@ def _expected_outputs(spec: JobSpec, work: WorkPlan) -> int | None:
     return max(0, sum(s.rows for s in work.pending) * per_item - work.done_inside)
 
 
-def measure_batch_size(spec: JobSpec, plan: Plan) -> int:
-    """resources.batch_size: auto, measured by one task with an actor's resources (its GPU, its threads)."""
+def measure_batch_size(spec: JobSpec, plan: Plan, local: bool = False) -> int:
+    """resources.batch_size: auto, measured by one task with an actor's resources (its GPU, its threads),
+    or in this process for the local executor."""
     from pipeline.editing import probe_batch_size
 
-    r = spec.resources
-    task = ray.remote(probe_batch_size).options(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
-    chosen = int(ray.get(task.remote(edit_settings(spec, plan))))
+    if local:
+        chosen = probe_batch_size(edit_settings(spec, plan))
+    else:
+        r = spec.resources
+        task = ray.remote(probe_batch_size).options(num_cpus=r.num_cpus, num_gpus=r.num_gpus or None)
+        chosen = int(ray.get(task.remote(edit_settings(spec, plan))))
     log.info("resources.batch_size: auto -> %d (measured on %s)", chosen, spec.device)
     return chosen
 

@@ -53,16 +53,29 @@ def manifest_bytes(shards: list[Shard], options: Mapping[str, Any]) -> int:
     return total
 
 
+def small_manifests(shards: list[Shard], options: Mapping[str, Any]) -> bool:
+    """Small enough (rows and bytes) to be read by the driver itself."""
+    rows = sum(s.rows for s in shards)
+    return rows <= SMALL_MANIFEST_ROWS and manifest_bytes(shards, options) <= SMALL_MANIFESTS_BYTES
+
+
+def read_in_driver(shards: list[Shard], work: WorkPlan, settings: ReadSettings) -> list[tuple[Shard, pa.Table]]:
+    """Every shard's rows read here, the ids checked across all of them; the pending shards' rows, done
+    outputs marked. Raises ManifestError for missing / duplicate ids."""
+    options = settings.options or {}
+    tables = [read_shard(s, options, settings.classes) for s in shards]
+    check_ids(pa.chunked_array([t.column("id") for t in tables], pa.string()))
+    pending = {s.name for s in work.pending}
+    return [(s, with_done(t, work.done.get(s.name), settings)) for s, t in zip(shards, tables, strict=True)
+            if s.name in pending]
+
+
 def open_manifest(shards: list[Shard], work: WorkPlan, settings: ReadSettings,
                   cpus: float = 0.25) -> ray.data.Dataset | None:
     """The pending shards' rows (None: nothing to do); raises ManifestError for missing / duplicate ids."""
     options = settings.options or {}
-    if sum(s.rows for s in shards) <= SMALL_MANIFEST_ROWS and manifest_bytes(shards, options) <= SMALL_MANIFESTS_BYTES:
-        tables = [read_shard(s, options, settings.classes) for s in shards]
-        check_ids(pa.chunked_array([t.column("id") for t in tables], pa.string()))
-        pending = {s.name for s in work.pending}
-        rows = [_with_done(t, work.done.get(s.name), settings) for s, t in zip(shards, tables, strict=True)
-                if s.name in pending]
+    if small_manifests(shards, options):
+        rows = [table for _, table in read_in_driver(shards, work, settings)]
         return ray.data.from_arrow(pa.concat_tables(rows)) if rows else None
     check_unique_ids(shards, options)
     if not work.pending:
@@ -80,11 +93,11 @@ def read_shards(batch: pa.Table, settings: ReadSettings) -> pa.Table:
     for item in batch.to_pylist():
         done = json.loads(item["done"]) if item["done"] else None
         table = read_shard(item, settings.options or {}, settings.classes)
-        tables.append(_with_done(table, done, settings))
+        tables.append(with_done(table, done, settings))
     return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
 
 
-def _with_done(table: pa.Table, done: Mapping[str, list[str]] | None, settings: ReadSettings) -> pa.Table:
+def with_done(table: pa.Table, done: Mapping[str, list[str]] | None, settings: ReadSettings) -> pa.Table:
     """Mark the outputs already made, and tell the tracker how many this shard will have."""
     if done:
         column = pa.array([done.get(i) for i in table.column("id").to_pylist()], pa.list_(pa.string()))

@@ -393,6 +393,12 @@ class ResourcesSpec(_Section):
     num_cpus: float = Field(
         1.0, gt=0.0, description="CPUs per actor; torch uses this many threads (at least 1)."
     )
+    executor: Literal["auto", "ray", "local"] = Field(
+        "auto", description="ray: Ray Data and model actors (crash isolation, several actors and machines). "
+        "local: every stage in this process, no Ray (one model; a process crash stops the run, resume goes on). "
+        "auto: local for a job of at most 1,000 outputs on one actor when no Ray cluster is connected or "
+        "named (--address, RAY_ADDRESS), ray otherwise. Does not change outputs.",
+    )
 
     @field_validator("batch_size")
     @classmethod
@@ -411,6 +417,13 @@ class ResourcesSpec(_Section):
                 raise ValueError("at least 1 actor")
             return {"min": v, "max": v}
         return v
+
+    @model_validator(mode="after")
+    def _local_is_one_model(self) -> ResourcesSpec:
+        if self.executor == "local" and self.actors.max > 1:
+            raise ValueError(f"executor: local runs one model in this process; actors must be 1 "
+                             f"(got up to {self.actors.max}), or use executor: ray")
+        return self
 
     @property
     def threads(self) -> int:

@@ -67,8 +67,8 @@ class JobBook(ShardTracker):
     def finish(self, key: str) -> None:
         self.ledger.finish(key)
 
-    def report(self, ok: int, failed: int) -> None:
-        self.ledger.report(ok, failed)
+    def done(self, key: str | None, ok: int, failed: int) -> None:
+        self.ledger.done(key, ok, failed)
 
     def progress(self) -> tuple[int, int]:
         return self.ledger.progress()

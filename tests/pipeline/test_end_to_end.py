@@ -233,3 +233,35 @@ def test_one_and_two_actors_give_identical_images(csv_run: dict[str, Any],
     assert len(c) == 2 * 4 + 3
     for key, pixels in c.items():
         np.testing.assert_array_equal(pixels, a[key], err_msg=str(key))
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_dir: Path,
+              manifest_rows: Any, write_manifest: Any, job_data: Any) -> dict[str, Any]:
+    """The Parquet run's job on the local executor (no Ray), into another output."""
+    manifest = write_manifest(data_dir, "good.parquet", manifest_rows(include_bad=False))
+    out = tmp_path_factory.mktemp("local") / "out"
+    spec = build_spec(job_data(tiny_model, manifest, out, resources={"executor": "local"},
+                               output={"sheet_items": 0}))
+    summary = run_job(spec)
+    return {"out": out, "summary": summary, "df": pd.read_parquet(out / "index")}
+
+
+def test_local_executor_writes_what_ray_writes(parquet_run: dict[str, Any], local_run: dict[str, Any]) -> None:
+    """Same stage functions, same outputs: the image files byte for byte, the index rows value for value
+    (but the model's timing), the shard records but for the run's own fields."""
+    ray_out, local_out = parquet_run["out"], local_run["out"]
+    assert local_run["summary"].exit_code == 0 and local_run["summary"].outputs == parquet_run["summary"].outputs
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "images").rglob("*")) if p.is_file()}
+
+    assert files(local_out) == files(ray_out) and len(files(ray_out)) == 2 * 4 + 3
+    timing = ["duration_ms"]
+    pd.testing.assert_frame_equal(local_run["df"].drop(columns=timing), parquet_run["df"].drop(columns=timing))
+    own = {"run_id", "finished_at", "model_seconds_new"}
+    records = [{k: v for k, v in json.loads(p.read_text()).items() if k not in own}
+               for p in (local_out / "shards" / "good-00000.json", ray_out / "shards" / "good-00000.json")]
+    assert records[0] == records[1]
+    assert json.loads((local_out / "job.json").read_text())["executor"] == "local"
+    assert json.loads((ray_out / "job.json").read_text())["executor"] == "ray"

@@ -116,7 +116,8 @@ def test_two_sdedit_runs_into_one_output(tmp_path: Path, tiny_model: Path, data_
 
     rows = [r for r in manifest_rows(include_bad=False) if r["id"] in ("plain-0", "plain-1")]
     data = job_data(tiny_model, write_manifest(data_dir, "two-runs.csv", rows), tmp_path / "out",
-                    output={"if_exists": "resume", "sheet_items": 0}, sampling={"steps": 30})
+                    output={"if_exists": "resume", "sheet_items": 0}, sampling={"steps": 30},
+                    resources={"executor": "ray"})  # a Ray run holds the lock for seconds: time for the second
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(data))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -138,8 +139,8 @@ def test_two_sdedit_runs_into_one_output(tmp_path: Path, tiny_model: Path, data_
 def test_two_sdedit_runs_on_one_machine_are_independent(tmp_path: Path, tiny_model: Path, data_dir: Path,
                                                         job_data: Any, manifest_rows: Any,
                                                         write_manifest: Any) -> None:
-    """Without --address each `sdedit run` starts its own private Ray: two at once, into two outputs,
-    both finish, and neither joins (or dies with) the other's instance."""
+    """Without --address each `sdedit run` on Ray starts its own private instance: two at once, into two
+    outputs, both finish, and neither joins (or dies with) the other's instance."""
     import yaml
 
     rows = [r for r in manifest_rows(include_bad=False) if r["id"] in ("plain-0", "plain-1")]
@@ -150,7 +151,8 @@ def test_two_sdedit_runs_on_one_machine_are_independent(tmp_path: Path, tiny_mod
     for name in ("a", "b"):
         job = tmp_path / f"{name}.yaml"
         job.write_text(yaml.safe_dump(job_data(tiny_model, manifest, tmp_path / f"out-{name}",
-                                               output={"sheet_items": 0}, sampling={"steps": 20})))
+                                               output={"sheet_items": 0}, sampling={"steps": 20},
+                                               resources={"executor": "ray"})))
         procs.append(subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(job)], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=600)[0] for p in procs]
