@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,6 +96,27 @@ def pipeline_run(spec: Any) -> tuple[float, dict[str, float]]:
     return wall, phases
 
 
+def mid_run_rate(out: Path, low: float = 0.1, high: float = 0.9) -> float:
+    """Outputs/s between the 10th and the 90th percentile of the output files' write times: the steady
+    rate of one run, with neither the start (actor start, first blocks) nor the drain in it."""
+    times = sorted(p.stat().st_mtime for p in (out / "images").rglob("*.png"))
+    a, b = int(low * (len(times) - 1)), int(high * (len(times) - 1))
+    return (b - a) / max(times[b] - times[a], 1e-9)
+
+
+def whole_command(job: dict[str, Any], folder: Path, *extra: str) -> float:
+    """Seconds of ``sdedit run JOB`` in a fresh process (Python start to exit, private Ray if any)."""
+    job_file = folder / "job.json"
+    job_file.write_text(json.dumps({**job, "output": {**job["output"], "if_exists": "overwrite"}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job_file), "--no-sheet", *extra],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"sdedit run failed:\n{proc.stdout}\n{proc.stderr}")
+    return time.perf_counter() - start
+
+
 def write_docs(r: dict[str, Any]) -> None:
     text = "\n".join([
         f"Measured with `python benchmarks/pipeline_vs_bare.py --items {r['items']} --small {r['small']} "
@@ -103,12 +125,17 @@ def write_docs(r: dict[str, Any]) -> None:
         "",
         "| path | items | wall (s) | items/s |",
         "|---|---|---|---|",
-        f"| bare loop (`sdedit` per batch, one process) | {r['items']} | {r['bare_s']:.1f} | {r['bare_rate']:.2f} |",
-        f"| full pipeline (`run_job`, 1 actor) | {r['small']} | {r['small_s']:.1f} | {r['small'] / r['small_s']:.2f} |",
-        f"| full pipeline (`run_job`, 1 actor) | {r['items']} | {r['pipeline_s']:.1f} | {r['pipeline_rate']:.2f} |",
+        f"| bare loop (the job's editor per batch, one process) | {r['items']} | {r['bare_s']:.1f} | "
+        f"{r['bare_rate']:.2f} |",
+        *(f"| full pipeline on Ray (`run_job`, 1 actor) | {n} | {wall:.1f} | {n / wall:.2f} |"
+          for n, wall in ((r["small"], r["small_s"]), (r["items"], r["pipeline_s"]))),
         f"| **end to end, pipeline / bare, {r['items']} items** | | | **{r['ratio']:.2f}** |",
         f"| **steady state, pipeline / bare** (marginal rate between the two sizes) | | | "
         f"**{r['steady_ratio']:.2f}** |",
+        f"| **steady state, pipeline / bare** (the {r['items']}-item run between its 10th and 90th percentile "
+        f"output) | | | **{r['mid_ratio']:.2f}** |",
+        *(f"| whole command `sdedit run` in a fresh process, executor {k} | {r['small']} | {v:.1f} | "
+          f"{r['small'] / v:.2f} (**{r['command_ratio'][k]:.2f}** of bare) |" for k, v in r["command_s"].items()),
         "",
         f"The first job on the fresh Ray instance ({r['cold_items']} items) took {r['cold_s']:.1f} s (phases, s: "
         + ", ".join(f"{k} {v:.1f}" for k, v in r["cold_phases"].items())
@@ -146,17 +173,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = machine()
     tmp = Path(tempfile.mkdtemp(prefix="sdedit-bench-"))
 
-    def spec_for(items: int) -> Any:
+    def job_for(items: int) -> dict[str, Any]:
         folder = tmp / f"n{items}"
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         gpus = 1 if args.device.startswith("cuda") else 0
-        return build_spec({
+        return {
             "input": {"manifest": str(make_items(folder, items))},
             "output": {"uri": str(folder / "out"), "sheet_items": 0},
             "model": {"uri": args.model, "device": args.device},
             "sampling": {"t0": args.t0, "steps": args.steps, "samples": 1, "seed": 0},
             "resources": {"actors": 1, "batch_size": args.batch_size, "num_cpus": args.threads, "num_gpus": gpus},
-        })
+        }
+
+    def spec_for(items: int) -> Any:
+        return build_spec(job_for(items))
 
     try:
         big, small = spec_for(args.items), spec_for(args.small)
@@ -172,7 +202,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         small_s, _ = pipeline_run(small)
         bare_s = bare_loop(big, Path(big.input.manifest), args.device)
         pipe_s, phases = pipeline_run(big)
+        mid_rate = mid_run_rate(Path(big.output.uri))
         ray.shutdown()
+        # The small job as a user runs it: the whole command in a fresh process, with the executor auto
+        # picks (local for a job this small) and on Ray (a private instance).
+        small_job = job_for(args.small)
+        command_s = {"auto": whole_command(small_job, tmp / f"n{args.small}"),
+                     "ray": whole_command(small_job, tmp / f"n{args.small}", "--set", "resources.executor=ray")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     marginal = (args.items - args.small) / max(pipe_s - small_s, 1e-9)
@@ -183,7 +219,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pipeline_rate": args.items / pipe_s, "ratio": bare_s / pipe_s, "marginal_rate": marginal,
         "steady_ratio": marginal / (args.items / bare_s), "fixed_s": pipe_s - args.items / marginal,
         "phases": phases, "machine": info, "cold_items": args.small // 4 or 1, "cold_s": cold_s,
-        "cold_phases": cold_phases,
+        "cold_phases": cold_phases, "mid_rate": mid_rate, "mid_ratio": mid_rate / (args.items / bare_s),
+        "command_s": command_s,
+        "command_ratio": {k: (args.small / v) / (args.items / bare_s) for k, v in command_s.items()},
     }
     print(f"bare loop      : {args.items:6d} items {bare_s:8.1f} s  {result['bare_rate']:.2f} items/s")
     print(f"first job, cold: {result['cold_items']:5d} items {cold_s:8.1f} s  phases {cold_phases}")
@@ -191,6 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"pipeline       : {args.items:6d} items {pipe_s:8.1f} s  {result['pipeline_rate']:.2f} items/s")
     print(f"end-to-end ratio {result['ratio']:.2f}; steady-state ratio {result['steady_ratio']:.2f}; "
           f"fixed cost {result['fixed_s']:.1f} s; phases {phases}")
+    print(f"mid-run rate {mid_rate:.2f} items/s, ratio {result['mid_ratio']:.2f}")
+    for k, v in command_s.items():
+        print(f"whole command, executor {k}: {args.small} items {v:.1f} s, ratio {result['command_ratio'][k]:.2f}")
     print(json.dumps(result))
     if args.write_docs:
         write_docs(result)
