@@ -250,7 +250,7 @@ start = time.perf_counter()
 shards = plan_shards([ARGS["uri"]], "auto", {}, ARGS.get("shard_rows", 10_000))
 plan_s = time.perf_counter() - start
 ds = open_manifest(shards, WorkPlan(pending=shards, shards=len(shards)),
-                   ReadSettings(sampling=SamplingSpec(t0=0.5), layout=OutputLayout()))
+                   ReadSettings(sampling=SamplingSpec(t0=0.5), layout=OutputLayout()), 8)
 seconds = time.perf_counter() - start
 tree_peak = tree.stop()
 rows = sum(s.rows for s in shards)

@@ -15,7 +15,6 @@ Ray driver leaves: a resume finishes the job.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -68,7 +67,7 @@ def run_local(spec: JobSpec, plan: Any, shards: list[Shard], work: WorkPlan, run
     """Make every pending output of ``work`` in this process; each shard finished when its last batch is written."""
     from pipeline.editing import Editor
     from pipeline.finalize import remove_empty_work
-    from pipeline.run import decode_settings, edit_settings, finish_settings, write_settings
+    from pipeline.run import decode_settings, edit_settings, finish_settings, rows_per_block, write_settings
 
     read = ReadSettings(sampling=spec.sampling, layout=spec.layout, classes=plan.classes,
                         options=spec.options_for("input"))
@@ -78,11 +77,9 @@ def run_local(spec: JobSpec, plan: Any, shards: list[Shard], work: WorkPlan, run
         return
     run = _LocalRun(Editor(edit_settings(spec, plan)), decode_settings(spec, plan), write_settings(spec, plan, run_id),
                     finish_settings(spec, plan, run_id), plan.batch_size, counter)
-    per_item = spec.sampling.samples * len(spec.sampling.t0_values)
-    rows_per_block = max(1, math.ceil(plan.batch_size / per_item))
     try:
         for shard, table in _chain(first, pending):
-            run.shard(shard, table, rows_per_block, work.previous.get(shard.name))
+            run.shard(shard, table, rows_per_block(spec, plan), work.previous.get(shard.name))
         run.drain()
         remove_empty_work(spec.output.uri, spec.options_for("output"))
     except BaseException:

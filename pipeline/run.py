@@ -1,6 +1,6 @@
 """The job: the one place that wires the stages into a Ray Data graph and sets their resources.
 
-plan shards -> drop finished ones (resume) -> read pending shards -> repartition -> decode (CPU tasks)
+plan shards -> drop finished ones (resume) -> read pending shards in blocks -> decode (CPU tasks)
 -> SDEditor (actor pool, CPU or GPU) -> write images and index parts (CPU tasks) -> finish each shard
 as soon as its outputs are written (index file, tar, record) -> summary from the shard records,
 job.json, contact sheet. Everything that can be checked before the cluster does any work is checked
@@ -78,18 +78,19 @@ def finish_settings(spec: JobSpec, plan: Plan, run_id: str) -> FinishSettings:
     )
 
 
+def rows_per_block(spec: JobSpec, plan: Plan) -> int:
+    """Manifest rows per block: about one model batch of outputs, so batches stream through the stages."""
+    return max(1, math.ceil(plan.batch_size / (spec.sampling.samples * len(spec.sampling.t0_values))))
+
+
 def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, book: Any = None,
                   run_id: str = "run") -> ray.data.Dataset:
     """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed.
 
     ``book``: the job's bookkeeping actor (pipeline.tracker.JobBook): the model actors' crash ledger
     and the write tasks' shard tracker."""
-    sampling, resources = spec.sampling, spec.resources
-    # Small manifests arrive as one block: split so every actor gets work and batches stream.
-    outputs_per_item = sampling.samples * len(sampling.t0_values)
-    rows_per_block = max(1, math.ceil(plan.batch_size / outputs_per_item))
-    ds = manifest.repartition(target_num_rows_per_block=rows_per_block, strict=True)
-    ds = ds.map_batches(
+    resources = spec.resources
+    ds = manifest.map_batches(
         decode_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
         fn_kwargs={"settings": decode_settings(spec, plan)},
     )
@@ -200,7 +201,7 @@ def _execute_on_ray(spec: JobSpec, plan: Plan, shards: list[Shard], work: WorkPl
     book = start_book()  # the shard tracker, and the crash ledger the model actors report to
     manifest = open_manifest(shards, work, ReadSettings(
         sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=spec.options_for("input"),
-        tracker=book))
+        tracker=book), rows_per_block(spec, plan), blocks=max(64, 4 * spec.resources.actors.max))
     done_with("read_manifests")
     write_job_record(spec, {"status": "running", **running})
     finisher = _Finisher(spec, plan, work, run_id, book)
