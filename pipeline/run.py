@@ -104,7 +104,7 @@ def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, book: A
         )},
     )
     return ds.map_batches(  # returns a row per shard it wrote to, not a row per output
-        write_batch, batch_size=max(plan.batch_size, 64), batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
+        write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
         fn_kwargs={"settings": write_settings(spec, plan, run_id, tracker=book)},
     )
 
