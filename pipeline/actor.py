@@ -18,6 +18,11 @@ from pipeline.errors import ItemError
 from pipeline.ledger import LedgerClient, work_key
 from pipeline.rows import RESULT_SCHEMA
 
+# Batches a restarted model process takes one item at a time before trusting the ledger's count: Ray
+# Data keeps up to 2 batches in flight per actor (Ray 2.60), all retried after a death, in an order
+# that is not promised; the count alone would miss a death whose fire-and-forget ``begin`` was lost.
+SUSPECT_BATCHES = 4
+
 
 @dataclass(frozen=True)
 class ActorSettings:
@@ -36,8 +41,10 @@ class SDEditor:
         self.editor = Editor(settings.edit)
         self.ledger = LedgerClient(settings.ledger)
         # A process Ray restarted after a death: careful with every batch (pipeline.ledger), and the
-        # first one it is handed, the retry of the batch its predecessor died on, goes item by item.
-        self.careful = self.suspect_next = _restarted()
+        # first ones it is handed, the retries of the batches in flight when its predecessor died (the
+        # one it died on among them), go item by item.
+        self.careful = _restarted()
+        self.suspects = SUSPECT_BATCHES if self.careful else 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -46,8 +53,8 @@ class SDEditor:
         batch_key = work_key(_key(rows[i]) for i in todo) if todo else None
         isolate = False
         if batch_key is not None and self.careful:
-            isolate = self.ledger.begin(batch_key) > 0 or self.suspect_next
-            self.suspect_next = False
+            isolate = self.ledger.begin(batch_key) > 0 or self.suspects > 0
+            self.suspects -= 1
         elif batch_key is not None:
             self.ledger.begin_later(batch_key)
         if isolate:  # a process died on this batch before: one item at a time, so only the culprit is lost

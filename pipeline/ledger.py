@@ -7,8 +7,8 @@ small bookkeeping actor (:class:`pipeline.tracker.JobBook`), which the model act
 
 The protocol costs a healthy actor no waiting: before a batch it sends ``begin`` and after it
 ``done`` (outputs counted for the progress line), both fire and forget. Only a process that Ray
-restarted after a death (``was_current_actor_reconstructed``) is careful: the first batch it is
-handed (the retry of the one in flight when its predecessor died) goes one item at a time, and every
+restarted after a death (``was_current_actor_reconstructed``) is careful: the first few batches it
+is handed (the retries of those in flight when its predecessor died) go one item at a time, and every
 later batch waits for ``begin``'s answer (how many earlier attempts never finished) and goes one item
 at a time if there were any. One item at a time, every item's ``begin`` is waited for, and an item on
 which the process died ``max_crashes`` times is skipped as an error row. An attempt never finished
