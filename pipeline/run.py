@@ -4,7 +4,8 @@ plan shards -> drop finished ones (resume) -> read pending shards in blocks -> d
 -> SDEditor (actor pool, CPU or GPU) -> write images and index parts (CPU tasks) -> finish each shard
 as soon as its outputs are written (index file, tar, record) -> summary from the shard records,
 job.json, contact sheet. Everything that can be checked before the cluster does any work is checked
-first (:func:`preflight`).
+first (:func:`preflight`). A small job on one model runs the same stages in this process instead
+(``resources.executor``, :mod:`pipeline.local`).
 """
 
 from __future__ import annotations
