@@ -151,3 +151,29 @@ def test_the_command_runs_a_small_job_without_ray(tmp_path: Path, tiny_model: Pa
     refused = subprocess.run([*command, "--address", "auto", "--set", "resources.executor=local"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "--address auto names a Ray cluster" in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_an_output_made_on_ray_resumes_on_the_local_executor(tmp_path: Path, tiny_model: Path, data_dir: Path,
+                                                            job_data: Any) -> None:
+    """resources may change between runs of one OUT, the executor included: the local run finishes what
+    a Ray run left (a grown manifest), touches nothing done, and equals a clean local run byte for byte."""
+    folder = tmp_path / "data"
+    shutil.copytree(data_dir / "img", folder / "img")
+    manifest = _manifest(folder, range(7))
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    on_ray = job_data(tiny_model, manifest, out, input={"shard_rows": 3}, output={"if_exists": "resume"},
+                      resources={"executor": "ray"})
+    assert run_job(build_spec(on_ray)).outputs == 14
+    assert json.loads((out / "job.json").read_text())["executor"] == "ray"
+    before = {p: (out / p).stat().st_mtime_ns for p in _images(out)}
+    _manifest(folder, range(10))
+    local = _local(job_data, tiny_model, manifest, out, input={"shard_rows": 3}, output={"if_exists": "resume"})
+    resumed = run_job(build_spec(local))
+    assert resumed.outputs == 20 and resumed.resumed_outputs == 14 and resumed.items_run == 3
+    assert {p: (out / p).stat().st_mtime_ns for p in before} == before
+    run_job(build_spec(_local(job_data, tiny_model, manifest, clean, input={"shard_rows": 3})))
+    assert _images(out) == _images(clean)
+    index = pd.read_parquet(out / "index")
+    assert len(index) == 20 and not index.duplicated(["id", "sample"]).any()
