@@ -20,7 +20,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -106,15 +105,11 @@ def mid_run_rate(out: Path, low: float = 0.1, high: float = 0.9) -> float:
 
 def whole_command(job: dict[str, Any], folder: Path, *extra: str) -> float:
     """Seconds of ``sdedit run JOB`` in a fresh process (Python start to exit, private Ray if any)."""
+    from small_job import whole_command as timed_command
+
     job_file = folder / "job.json"
     job_file.write_text(json.dumps({**job, "output": {**job["output"], "if_exists": "overwrite"}}))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(job_file), "--no-sheet", *extra],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"sdedit run failed:\n{proc.stdout}\n{proc.stderr}")
-    return time.perf_counter() - start
+    return timed_command(job_file, Path(job["output"]["uri"]), "--no-sheet", *extra)["command_s"]
 
 
 def write_docs(r: dict[str, Any]) -> None:

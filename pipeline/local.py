@@ -19,6 +19,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import chain
 from typing import Any
 
 import pyarrow as pa
@@ -77,9 +78,10 @@ def run_local(spec: JobSpec, plan: Any, shards: list[Shard], work: WorkPlan, run
         return
     run = _LocalRun(Editor(edit_settings(spec, plan)), decode_settings(spec, plan), write_settings(spec, plan, run_id),
                     finish_settings(spec, plan, run_id), plan.batch_size, counter)
+    block = rows_per_block(spec, plan)
     try:
-        for shard, table in _chain(first, pending):
-            run.shard(shard, table, rows_per_block(spec, plan), work.previous.get(shard.name))
+        for shard, table in chain([first], pending):
+            run.shard(shard, table, block, work.previous.get(shard.name))
         run.drain()
         remove_empty_work(spec.output.uri, spec.options_for("output"))
     except BaseException:
@@ -148,8 +150,3 @@ def _pending_tables(shards: list[Shard], work: WorkPlan, settings: ReadSettings)
     check_ids(pa.chunked_array([read_shard_ids(s, options) for s in shards], pa.string()))
     for s in work.pending:
         yield s, with_done(read_shard(s, options, settings.classes), work.done.get(s.name), settings)
-
-
-def _chain(first: tuple[Shard, pa.Table], rest: Iterator[tuple[Shard, pa.Table]]) -> Iterator[tuple[Shard, pa.Table]]:
-    yield first
-    yield from rest

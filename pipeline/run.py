@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -117,9 +116,8 @@ def ray_address(given: str | None = None) -> str:
 
 
 def ray_connected() -> bool:
-    """Whether this process is connected to Ray (without importing Ray when nothing did)."""
-    module = sys.modules.get("ray")
-    return module is not None and module.is_initialized()
+    """Whether this process is connected to Ray (a caller's ray.init, or this run's)."""
+    return ray.is_initialized()
 
 
 def run_job(spec: JobSpec, *, sheet: bool = True, plan: Plan | None = None, address: str | None = None,

@@ -114,7 +114,7 @@ def with_done(table: pa.Table, done: Mapping[str, list[str]] | None, settings: R
     if done:
         column = pa.array([done.get(i) for i in table.column("id").to_pylist()], pa.list_(pa.string()))
         table = table.set_column(table.schema.get_field_index("done"), "done", column)
-    if table.num_rows:
+    if table.num_rows and settings.tracker is not None:  # the local executor has no tracker to tell
         expected = sum(len(planned_outputs(row, settings.sampling, settings.layout)) for row in table.to_pylist())
         tell(settings.tracker, "expect", table.column("shard")[0].as_py(), expected)
     return table
