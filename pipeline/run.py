@@ -29,6 +29,7 @@ from pipeline.finalize import FinishSettings, finish_shard, remove_empty_work
 from pipeline.local import LocalCounter, choose_executor, run_local
 from pipeline.lock import OutputLock
 from pipeline.outdir import prepare_output, write_dataset_card, write_job_record
+from pipeline.pool import IN_FLIGHT, ModelPool, Outstanding, batches
 from pipeline.preflight import Plan, preflight
 from pipeline.progress import Progress
 from pipeline.redact import strip_userinfo
@@ -83,30 +84,34 @@ def rows_per_block(spec: JobSpec, plan: Plan) -> int:
     return max(1, math.ceil(plan.batch_size / (spec.sampling.samples * len(spec.sampling.t0_values))))
 
 
-def build_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, book: Any = None,
-                  run_id: str = "run") -> ray.data.Dataset:
-    """Wire decode -> model -> write on the manifest rows; nothing runs until it is consumed.
-
-    ``book``: the job's bookkeeping actor (pipeline.tracker.JobBook): the model actors' crash ledger
-    and the write tasks' shard tracker."""
-    resources = spec.resources
-    ds = manifest.map_batches(
+def decode_dataset(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset) -> ray.data.Dataset:
+    """The manifest rows decoded into model rows (CPU tasks); nothing runs until it is consumed."""
+    return manifest.map_batches(
         decode_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
         fn_kwargs={"settings": decode_settings(spec, plan)},
     )
-    pool = resources.actors
-    ds = ds.map_batches(
-        SDEditor, batch_size=plan.batch_size, batch_format="pyarrow", udf_modifying_row_count=False,
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min, max_size=pool.max),
-        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
-        fn_constructor_kwargs={"settings": ActorSettings(
-            edit=edit_settings(spec, plan), max_crashes_per_item=resources.max_crashes_per_item, ledger=book,
-        )},
-    )
-    return ds.map_batches(  # returns a row per shard it wrote to, not a row per output
-        write_batch, batch_format="pyarrow", num_cpus=IO_TASK_CPUS,
-        fn_kwargs={"settings": write_settings(spec, plan, run_id, tracker=book)},
-    )
+
+
+def start_pool(spec: JobSpec, plan: Plan, ledger: str | None = None) -> ModelPool:
+    """The model actors (pipeline.pool), loading the model from now on.
+
+    ``ledger``: the name of the job's bookkeeping actor (pipeline.tracker.JobBook), their crash ledger."""
+    r = spec.resources
+    settings = ActorSettings(edit=edit_settings(spec, plan), max_crashes_per_item=r.max_crashes_per_item)
+    return ModelPool(SDEditor, settings, min_size=r.actors.min, max_size=r.actors.max, num_cpus=r.num_cpus,
+                     num_gpus=r.num_gpus, ledger=ledger)
+
+
+def stream(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, pool: ModelPool, run_id: str, book: Any = None,
+           poll: Callable[[], None] = lambda: None) -> None:
+    """decode (Ray Data) -> model actors (``pool``) -> write tasks, batch by batch, until every row is
+    written; ``poll`` is called between batches (the shard finisher). Raises what a batch raised."""
+    write = ray.remote(write_batch).options(num_cpus=IO_TASK_CPUS)
+    settings = ray.put(write_settings(spec, plan, run_id, tracker=book))  # once, not with every task
+    writes = Outstanding(limit=max(8, 4 * IN_FLIGHT * spec.resources.actors.max), on_progress=poll)
+    for block, lo, hi in batches(decode_dataset(spec, plan, manifest).iter_internal_ref_bundles(), plan.batch_size):
+        writes.add(write.remote(pool.submit(block, lo, hi), settings))
+    writes.drain()
 
 
 def ray_address(given: str | None = None) -> str:
@@ -195,23 +200,27 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float, address: s
 
 def _execute_on_ray(spec: JobSpec, plan: Plan, shards: list[Shard], work: WorkPlan, run_id: str,
                     running: dict[str, Any], expected: int, done_with: Callable[[str], None]) -> None:
-    """Ray Data: read the pending shards, decode -> model actors -> write, finishing shards as they complete."""
+    """Read the pending shards, decode (Ray Data) -> model actors -> write, finishing shards as they complete."""
     _warn_if_no_room(spec)
-    book = start_book()  # the shard tracker, and the crash ledger the model actors report to
-    manifest = open_manifest(shards, work, ReadSettings(
-        sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=spec.options_for("input"),
-        tracker=book), rows_per_block(spec, plan), blocks=max(64, 4 * spec.resources.actors.max))
-    done_with("read_manifests")
-    write_job_record(spec, {"status": "running", **running})
-    finisher = _Finisher(spec, plan, work, run_id, book)
-    if manifest is not None:
-        def ask() -> tuple[int, int]:
-            return ray.get(book.progress.remote(), timeout=10)
+    book_name = f"sdedit-book-{run_id}"
+    book = start_book(book_name)  # the shard tracker, and the crash ledger the model actors report to
+    pool = start_pool(spec, plan, book_name) if work.pending else None  # the model loads while rows are read
+    try:
+        manifest = open_manifest(shards, work, ReadSettings(
+            sampling=spec.sampling, layout=spec.layout, classes=plan.classes, options=spec.options_for("input"),
+            tracker=book), rows_per_block(spec, plan), blocks=max(64, 4 * spec.resources.actors.max))
+        done_with("read_manifests")
+        write_job_record(spec, {"status": "running", **running})
+        finisher = _Finisher(spec, plan, work, run_id, book)
+        if manifest is not None and pool is not None:
+            def ask() -> tuple[int, int]:
+                return ray.get(book.progress.remote(), timeout=10)
 
-        with _progress(spec, ask, expected):
-            results = build_dataset(spec, plan, manifest, book=book, run_id=run_id)
-            for _ in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-                finisher.poll()
+            with _progress(spec, ask, expected):
+                stream(spec, plan, manifest, pool, run_id, book, poll=finisher.poll)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     done_with("execute")
     finisher.finish_all()
     done_with("finish_shards")

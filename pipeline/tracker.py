@@ -74,9 +74,10 @@ class JobBook(ShardTracker):
         return self.ledger.progress()
 
 
-def start_book() -> Any:
-    """The job's bookkeeping actor (no CPU reserved: it only counts)."""
-    return ray.remote(JobBook).options(num_cpus=0, max_restarts=-1).remote()
+def start_book(name: str | None = None) -> Any:
+    """The job's bookkeeping actor (no CPU reserved: it only counts); ``name``: findable by
+    ``ray.get_actor`` (the model actors look it up by name, pipeline.pool)."""
+    return ray.remote(JobBook).options(num_cpus=0, max_restarts=-1, name=name).remote()
 
 
 def tell(handle: Any, method: str, *args: Any) -> None:
