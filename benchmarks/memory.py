@@ -72,9 +72,9 @@ def _role(pid: int) -> str | None:
         return "gcs_server"
     if not cmd.startswith("ray::"):
         return None
-    if "SDEditor" in cmd:
+    if "ModelActor" in cmd or "SDEditor" in cmd:  # pipeline.pool's actor (Ray Data's MapWorker before)
         return "model actor (SDEditor)"
-    if "CrashLedger" in cmd:
+    if "JobBook" in cmd or "CrashLedger" in cmd:
         return "crash ledger actor"
     return "task workers (read, decode, write, index)" if cmd.startswith("ray::") else None
 

@@ -140,10 +140,11 @@ def write_docs(r: dict[str, Any]) -> None:
         f"Fixed cost F = {r['fixed_s']:.1f} s per job (phases of the {r['items']}-item run, s: "
         + ", ".join(f"{k} {v:.1f}" for k, v in r["phases"].items())
         + "). Reading the manifests includes the duplicate-id check and Ray Data's import in the driver; the "
-        "execute phase includes starting the actor (a new process importing torch and diffusers, then loading "
-        "the model) before its first batch. The whole-command rows are the small job as a user runs it: "
-        "`sdedit run` in a fresh process, timed from spawn to exit, with the executor `auto` picks (local: in "
-        "the process itself) and forced onto Ray (a private instance started and stopped by the command).",
+        "model actor (a new process importing torch and diffusers, then loading the model) starts as reading "
+        "begins and its first batch waits for it, in the execute phase. The whole-command rows are the small "
+        "job as a user runs it: `sdedit run` in a fresh process, timed from spawn to exit, with the executor "
+        "`auto` picks (local: in the process itself) and forced onto Ray (a private instance started and "
+        "stopped by the command).",
     ])
     write_block(PAGE, "pipeline-vs-bare", text)
 
