@@ -17,14 +17,18 @@ Fault tolerance is Ray's, as before: actors are created with ``max_restarts=-1``
 with ``max_task_retries=-1``, so a model process that dies is restarted and its batches in flight
 retried; the crash ledger (pipeline.ledger) turns an item that kills its process every time into an
 error row. Autoscaling: ``resources.actors.min`` actors start at once and take work before they are
-ready (Ray queues it); while every ready actor is full and a batch waits, one more is started, up to
-``max`` (it takes work once ready: on a cluster without room it stays pending and never holds work).
+ready (Ray queues it); while every ready actor is full and a batch waits, more are started, up to
+``max``, never more starting than ready (1, 2, 4, ...) and only where the caller says there is room
+(an extra CPU actor must leave the cluster a CPU share for decode and write tasks, or they would
+never run again). An extra actor takes work once it is ready: one that Ray cannot place yet stays
+pending (an autoscaling cluster adds a node for it) and never holds work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,6 +37,7 @@ import ray
 
 log = logging.getLogger("pipeline")
 
+GROW_CHECK_S = 5.0  # how often a full autoscaling pool asks whether it may grow
 IN_FLIGHT = 2  # batches per actor: one running, one whose data is fetched meanwhile (Ray Data's default)
 
 
@@ -47,11 +52,15 @@ class _Slot:
 class ModelPool:
     """``min``..``max`` actors of ``editor_cls`` (a callable class: ``__init__(settings)`` loads the
     model, ``__call__(batch)`` edits an Arrow batch), each reserving ``num_cpus`` / ``num_gpus``.
-    ``ledger``: the name of the crash-ledger actor, put into ``settings.ledger`` in each actor."""
+    ``ledger``: the name of the crash-ledger actor, put into ``settings.ledger`` in each actor.
+    ``may_grow(n)``: whether the cluster has room for ``n`` actors (asked at most every
+    :data:`GROW_CHECK_S` seconds while the pool is full; None: always)."""
 
     def __init__(self, editor_cls: type, settings: Any, *, min_size: int, max_size: int, num_cpus: float,
-                 num_gpus: float = 0, ledger: str | None = None, in_flight: int = IN_FLIGHT) -> None:
+                 num_gpus: float = 0, ledger: str | None = None, may_grow: Callable[[int], bool] | None = None,
+                 in_flight: int = IN_FLIGHT) -> None:
         self.settings, self.max_size, self.in_flight, self.ledger = settings, max_size, in_flight, ledger
+        self.may_grow, self.next_check = may_grow, 0.0
         self.remote = ray.remote(ModelActor).options(
             num_cpus=num_cpus, num_gpus=num_gpus or 0, max_restarts=-1, max_task_retries=-1,
             scheduling_strategy="SPREAD",  # one model per node first, as Ray Data spreads its actors
@@ -77,13 +86,27 @@ class ModelPool:
             if free:
                 slot = min(free, key=lambda s: s.busy)
                 break
-            if len(self.slots) < self.max_size and not any(not s.ready for s in self.slots):
-                self._start(committed=False)  # all ready and full, a batch waits: grow by one
+            self._grow()
             self._collect(timeout=None)
         ref = slot.handle.edit.remote(block, lo, hi)
         slot.busy += 1
         self.running[ref] = slot
         return ref
+
+    def _grow(self) -> None:
+        """Every actor that may take work is full and a batch waits: start more actors, up to ``max``,
+        never more starting than are ready (1, 2, 4, ...), where ``may_grow`` agrees; asked at most
+        every :data:`GROW_CHECK_S` seconds."""
+        ready = sum(s.ready for s in self.slots)
+
+        def wanted() -> bool:
+            return len(self.slots) < self.max_size and len(self.slots) - ready < max(1, ready)
+
+        if not wanted() or time.monotonic() < self.next_check:
+            return
+        self.next_check = time.monotonic() + GROW_CHECK_S
+        while wanted() and (self.may_grow is None or self.may_grow(len(self.slots) + 1)):
+            self._start(committed=False)
 
     def _collect(self, timeout: float | None) -> None:
         """Note the batches that ended and the actors that became ready (waits up to ``timeout``

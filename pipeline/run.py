@@ -99,7 +99,16 @@ def start_pool(spec: JobSpec, plan: Plan, ledger: str | None = None) -> ModelPoo
     r = spec.resources
     settings = ActorSettings(edit=edit_settings(spec, plan), max_crashes_per_item=r.max_crashes_per_item)
     return ModelPool(SDEditor, settings, min_size=r.actors.min, max_size=r.actors.max, num_cpus=r.num_cpus,
-                     num_gpus=r.num_gpus, ledger=ledger)
+                     num_gpus=r.num_gpus, ledger=ledger, may_grow=lambda n: _room_for(spec, n))
+
+
+def _room_for(spec: JobSpec, actors: int) -> bool:
+    """Whether ``actors`` model actors leave the cluster a CPU share for decode and write tasks. GPU
+    actors may always ask: a GPU node brings its own CPUs, and an autoscaler adds one for a pending actor."""
+    r = spec.resources
+    if r.num_gpus:
+        return True
+    return actors * r.num_cpus + IO_TASK_CPUS <= ray.cluster_resources().get("CPU", 0.0)
 
 
 def stream(spec: JobSpec, plan: Plan, manifest: ray.data.Dataset, pool: ModelPool, run_id: str, book: Any = None,

@@ -265,3 +265,24 @@ def test_local_executor_writes_what_ray_writes(parquet_run: dict[str, Any], loca
     assert records[0] == records[1]
     assert json.loads((local_out / "job.json").read_text())["executor"] == "local"
     assert json.loads((ray_out / "job.json").read_text())["executor"] == "ray"
+
+
+def test_autoscaling_pool_writes_what_a_fixed_pool_writes(tmp_path: Path, parquet_run: dict[str, Any],
+                                                          tiny_model: Path, data_dir: Path, manifest_rows: Any,
+                                                          write_manifest: Any, job_data: Any) -> None:
+    """The Parquet run's job with ``actors: {min: 1, max: 2}`` (the pool may grow while it runs): every
+    output once, the same bytes as the fixed pool of two."""
+    manifest = write_manifest(data_dir, "good.parquet", manifest_rows(include_bad=False))
+    out = tmp_path / "out"
+    spec = build_spec(job_data(tiny_model, manifest, out, resources={"actors": {"min": 1, "max": 2}, "num_cpus": 0.5,
+                                                                    "batch_size": 2},
+                               output={"sheet_items": 0}))
+    summary = run_job(spec)
+    assert summary.exit_code == 0 and summary.outputs == parquet_run["summary"].outputs
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "images").rglob("*")) if p.is_file()}
+
+    assert files(out) == files(parquet_run["out"])
+    df = pd.read_parquet(out / "index")
+    assert not df.duplicated(["id", "t0", "sample"]).any() and len(df) == len(parquet_run["df"])

@@ -73,6 +73,24 @@ def test_pool_edits_every_batch_grows_to_max_and_stops_its_actors() -> None:
 
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.slow
+def test_pool_grows_only_where_the_cluster_has_room() -> None:
+    asked: list[int] = []
+
+    def room(actors: int) -> bool:  # e.g. a second CPU actor would leave decode and write no CPU
+        asked.append(actors)
+        return actors <= 1
+
+    pool = ModelPool(_doubler(), {"delay": 0.1}, min_size=1, max_size=3, num_cpus=0.25, may_grow=room)
+    try:
+        out = _run(pool, pa.table({"x": list(range(30))}), 1)
+        assert out.column("x").to_pylist() == [2 * v for v in range(30)]
+        assert len(pool.slots) == 1 and asked and set(asked) == {2}
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.slow
 def test_model_that_fails_to_load_raises_its_reason() -> None:
     pool = ModelPool(_doubler(), {"fail": True}, min_size=1, max_size=1, num_cpus=0.25)
     try:
