@@ -30,11 +30,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.index import INDEX_DIR, conform, write_parquet
-from pipeline.naming import WEBDATASET_DIR, OutputLayout, split_tar_path
+from pipeline.naming import IMAGES_DIR, WEBDATASET_DIR, OutputLayout, split_tar_path
 from pipeline.outdir import RECORDS_DIR, WORK_DIR
 from pipeline.storage import is_local, join_uri, list_names, url_to_fs, write_atomic
 from pipeline.summary import index_counts
 from pipeline.write import part_dir, staged_image
+
+IMAGE_METADATA = "metadata.parquet"  # the name datasets' imagefolder loader looks for
 
 
 @dataclass(frozen=True)
@@ -131,12 +133,15 @@ def finish_shard(shard: Mapping[str, Any], settings: FinishSettings,
     for rel in (previous or {}).get("index_files", []):
         if rel not in files and fs.exists(join_uri(root, rel)):
             fs.rm(join_uri(root, rel))
+    metadata = None
+    if not settings.embed_images and not settings.layout.webdataset:
+        metadata = write_image_metadata(fs, root, name, table)
     record = {
         "shard": name, "source": {k: shard[k] for k in ("uri", "format", "start", "stop")},
         "rows": shard["stop"] - shard["start"], **index_counts(table), "outputs_new": new.num_rows,
         "items_new": len(set(new.column("id").to_pylist())),
         "model_seconds_new": round(sum(v or 0.0 for v in new.column("duration_ms").to_pylist()) / 1000, 3),
-        "run_id": settings.run_id, "index_files": files, "webdataset": tar,
+        "run_id": settings.run_id, "index_files": files, "webdataset": tar, "image_metadata": metadata,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_atomic(fs, join_uri(root, record_path(name)), (json.dumps(record, indent=1) + "\n").encode())
@@ -145,6 +150,39 @@ def finish_shard(shard: Mapping[str, Any], settings: FinishSettings,
     if fs.exists(folder):
         fs.rm(folder, recursive=True)
     return record
+
+
+def image_metadata_path(shard: str) -> str:
+    return f"{IMAGES_DIR}/{shard}/{IMAGE_METADATA}"
+
+
+def write_image_metadata(fs: Any, root: str, shard: str, table: pa.Table) -> str:
+    """``OUT/images/<shard>/metadata.parquet``: the shard's index rows plus ``file_name`` (the image's
+    name in that folder; null for error rows). It is what lets ``datasets.load_dataset(OUT)`` give
+    an Image feature when the images are files: its imagefolder loader opens a metadata file's
+    ``file_name`` relative to the metadata file (and refuses ``..``), while an index path relative to OUT
+    would be opened relative to the reader's working directory. Returns its path relative to OUT."""
+    names = pc.replace_substring_regex(table.column("image").cast(pa.string()), pattern=r"^.*/", replacement="")
+    rel = image_metadata_path(shard)
+    write_parquet(fs, join_uri(root, rel), table.append_column(pa.field("file_name", pa.string()), names))
+    return rel
+
+
+def backfill_image_metadata(out_uri: str, options: Mapping[str, Any] | None) -> int:
+    """Write the image metadata of finished shards whose record has none (shards finished by a
+    version before 2026-11-30, kept by a resume); how many were written."""
+    fs, root = url_to_fs(out_uri, options)
+    written = 0
+    for name, record in read_records(out_uri, options).items():
+        if "image_metadata" in record or record.get("webdataset"):
+            continue
+        tables = [_read(fs, join_uri(root, rel)) for rel in record.get("index_files", [])]
+        tables = [t for t in tables if t is not None and "image" in t.column_names
+                  and not pa.types.is_struct(t.schema.field("image").type)]
+        if tables:
+            write_image_metadata(fs, root, name, pa.concat_tables(tables, promote_options="default"))
+            written += 1
+    return written
 
 
 def _keys(table: pa.Table, layout: OutputLayout) -> Iterator[tuple[str, float | None, int]]:

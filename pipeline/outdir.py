@@ -103,13 +103,18 @@ def write_dataset_card(spec: JobSpec, model: Mapping[str, Any], summary: Mapping
                  "`webdataset/<shard>.tar/<member>`" + (" and embeds the bytes" if out.embed_images else ""))
     else:
         image = ("embedded in the index (`image` decodes to a PIL image)" if out.embed_images else
-                 "files under `images/<shard>/`; the index's `image` column holds their path relative to this folder")
+                 "files under `images/<shard>/`; the index's `image` column holds their path relative to this "
+                 "folder, and each shard's folder has `metadata.parquet` (its index rows, plus `file_name`), which "
+                 "`datasets` reads to give `image` as a PIL image")
+    # Image files: datasets' imagefolder loader over the images and each shard's metadata.parquet (it
+    # opens file_name relative to the metadata file); otherwise the index itself.
+    files = (f"{IMAGES_DIR}/*/*" if not out.embed_images and not out.webdataset else f"{INDEX_DIR}/*.parquet")
     text = f"""---
 configs:
 - config_name: {config_name(run_id)}
   data_files:
   - split: train
-    path: {INDEX_DIR}/*.parquet
+    path: {files}
 tags:
 - sdedit
 ---

@@ -172,12 +172,37 @@ def test_index_reads_with_duckdb_and_polars(csv_run: dict[str, Any]) -> None:
     assert frame.filter(pl.col("status") == "ok")["image"].str.starts_with("images/").all()
 
 
-def test_dataset_card_points_datasets_at_the_index(csv_run: dict[str, Any], tmp_path: Path) -> None:
-    card = (csv_run["out"] / "README.md").read_text()
-    assert card.startswith("---\nconfigs:") and "path: index/*.parquet" in card
+def test_dataset_card_gives_datasets_the_index_with_images(csv_run: dict[str, Any], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image files (embed_images off): ``load_dataset(OUT)`` gives every index row, error rows too, with
+    ``image`` an Image feature that opens from any working directory; the sheet is not a row."""
+    out, df = csv_run["out"], csv_run["df"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "path: images/*/*" in card
+    meta = pd.read_parquet(out / "images" / "all-00000" / "metadata.parquet")
+    assert len(meta) == len(df) and (meta.file_name.dropna() == meta.image.dropna().str.split("/").str[-1]).all()
     datasets = pytest.importorskip("datasets")
-    ds = datasets.load_dataset(str(csv_run["out"]), split="train", cache_dir=str(tmp_path / "hf"))
-    assert len(ds) == len(csv_run["df"]) and "faithfulness_l2" in ds.column_names  # the index, not the sheet
+    monkeypatch.chdir(tmp_path)  # the paths must not depend on where the reader runs
+    ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == len(df) and "faithfulness_l2" in ds.column_names and "file_name" not in ds.column_names
+    assert type(ds.features["image"]).__name__ == "Image"
+    rows = {(r["id"], r["sample"]): r for r in ds}
+    for row in df.itertuples():
+        image = rows[(row.id, row.sample)]["image"]
+        if row.status == "ok":
+            assert image.size == (row.width, row.height)
+        else:
+            assert image is None
+
+
+def test_dataset_card_of_embedded_images_points_at_the_index(jsonl_run: dict[str, Any], tmp_path: Path) -> None:
+    out = jsonl_run["out"]
+    assert "path: index/*.parquet" in (out / "README.md").read_text()
+    assert not list((out / "images").glob("*/metadata.parquet"))  # the index carries the images itself
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == len(jsonl_run["df"]) and type(ds.features["image"]).__name__ == "Image"
+    assert ds[0]["image"].size[0] > 0
 
 
 def test_unsafe_ids_get_safe_names(csv_run: dict[str, Any]) -> None:
@@ -254,7 +279,7 @@ def test_local_executor_writes_what_ray_writes(parquet_run: dict[str, Any], loca
     assert local_run["summary"].exit_code == 0 and local_run["summary"].outputs == parquet_run["summary"].outputs
 
     def files(out: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "images").rglob("*")) if p.is_file()}
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
 
     assert files(local_out) == files(ray_out) and len(files(ray_out)) == 2 * 4 + 3
     timing = ["duration_ms"]
@@ -281,7 +306,7 @@ def test_autoscaling_pool_writes_what_a_fixed_pool_writes(tmp_path: Path, parque
     assert summary.exit_code == 0 and summary.outputs == parquet_run["summary"].outputs
 
     def files(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "images").rglob("*")) if p.is_file()}
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "images").rglob("*.png"))}
 
     assert files(out) == files(parquet_run["out"])
     df = pd.read_parquet(out / "index")

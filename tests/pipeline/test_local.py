@@ -134,6 +134,31 @@ def test_webdataset_output(tmp_path: Path, tiny_model: Path, data_dir: Path, job
     assert not (out / ".work").exists()
 
 
+def test_shards_finished_without_image_metadata_get_it_on_resume(tmp_path: Path, tiny_model: Path, data_dir: Path,
+                                                                 job_data: Any) -> None:
+    """An output whose shards an older version finished (no ``images/<shard>/metadata.parquet``, no
+    ``image_metadata`` in the record): a resume writes it, so ``load_dataset(OUT)`` misses no row."""
+    folder = tmp_path / "data"
+    shutil.copytree(data_dir / "img", folder / "img")
+    out = tmp_path / "out"
+    data = _local(job_data, tiny_model, _manifest(folder, range(5)), out, input={"shard_rows": 3},
+                  output={"if_exists": "resume", "sheet_items": 0})
+    run_job(build_spec(data))
+    metadata = {p.parent.name: pd.read_parquet(p) for p in (out / "images").glob("*/metadata.parquet")}
+    assert sorted(metadata) == ["m-00000", "m-00001"] and sum(map(len, metadata.values())) == 10
+    for record_file in (out / "shards").glob("*.json"):  # as an older version left them
+        record = json.loads(record_file.read_text())
+        del record["image_metadata"]
+        record_file.write_text(json.dumps(record))
+        (out / record["index_files"][0].replace("index", "images").replace(".parquet", "")
+         / "metadata.parquet").unlink()
+    again = run_job(build_spec(data))
+    assert again.resumed_outputs == 10 and again.items_run == 0
+    for name, table in metadata.items():
+        restored = pd.read_parquet(out / "images" / name / "metadata.parquet")
+        pd.testing.assert_frame_equal(restored, table)
+
+
 @pytest.mark.slow
 def test_the_command_runs_a_small_job_without_ray(tmp_path: Path, tiny_model: Path, data_dir: Path,
                                                  job_data: Any) -> None:

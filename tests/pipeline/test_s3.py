@@ -29,6 +29,11 @@ def _keys(fs: Any, prefix: str) -> list[str]:
     return sorted(fs.find(prefix))
 
 
+def _images(fs: Any, prefix: str) -> list[str]:
+    """The image objects under ``prefix``: each shard's metadata.parquet (for ``datasets``) left out."""
+    return [k for k in _keys(fs, prefix) if not k.endswith("/metadata.parquet")]
+
+
 def _index(fs: Any, out_uri: str, options: dict[str, str]) -> Any:
     fs.invalidate_cache()
     return read_index(out_uri, options).to_pandas()
@@ -92,11 +97,12 @@ def test_everything_on_s3_then_resume(s3: tuple[Any, dict[str, str], str], tiny_
     index = _index(fs, f"{root}/out", options)
     assert index.model.str.startswith("tiny@sha256:").all()
     assert set(index[index.id == "masked"]["mask"]) == {"img/m3.png"}
-    images = _keys(fs, f"{bucket}/out/images")
+    images = _images(fs, f"{bucket}/out/images")
     assert images == sorted(f"{bucket}/out/{p}" for p in index.image)
+    assert f"{bucket}/out/images/first-00000/metadata.parquet" in _keys(fs, f"{bucket}/out/images")
     others = set(_keys(fs, f"{bucket}/out")) - set(images)  # no temporary or partial objects anywhere
     assert {k.rsplit("/", 1)[-1] for k in others if "/index/" not in k and "/shards/" not in k} == {
-        "job.json", "README.md"}
+        "job.json", "README.md", "metadata.parquet"}
     assert [k.rsplit("/", 1)[-1] for k in others if "/index/" in k] == ["first-00000.parquet"]
     assert [k.rsplit("/", 1)[-1] for k in others if "/shards/" in k] == ["first-00000.json"]
     record = fs.cat(f"{bucket}/out/job.json").decode()
@@ -118,16 +124,16 @@ def test_everything_on_s3_then_resume(s3: tuple[Any, dict[str, str], str], tiny_
     assert summary.resumed_outputs == 5 and summary.items_run == 3  # plain-1 (one lost sample) + 2 new
     after = _index(fs, f"{root}/out", options)
     assert not after.duplicated(["id", "sample"]).any() and (after.status == "ok").all()
-    assert _keys(fs, f"{bucket}/out/images") == sorted(f"{bucket}/out/{p}" for p in after.image)
+    assert _images(fs, f"{bucket}/out/images") == sorted(f"{bucket}/out/{p}" for p in after.image)
     assert all(fs.cat(key) == b"kept " + key.encode() for key in kept)
     assert fs.cat(lost)[:8] == b"\x89PNG\r\n\x1a\n"  # made again
 
     # The scheduled rerun: everything is done, so it writes no image at all.
-    for key in _keys(fs, f"{bucket}/out/images"):
+    for key in _images(fs, f"{bucket}/out/images"):
         fs.pipe(key, b"kept " + key.encode())
     summary = run_job(build_spec(resumed))
     assert summary.exit_code == 0 and (summary.outputs, summary.resumed_outputs, summary.items_run) == (10, 10, 0)
-    final = _keys(fs, f"{bucket}/out/images")
+    final = _images(fs, f"{bucket}/out/images")
     assert len(final) == 10 and all(fs.cat(key) == b"kept " + key.encode() for key in final)
     assert len(_index(fs, f"{root}/out", options)) == 10
 
