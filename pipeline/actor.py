@@ -1,4 +1,5 @@
-"""The model stage: a Ray Data actor around :class:`pipeline.editing.Editor`, plus the crash ledger.
+"""The model stage: the callable that a model actor (pipeline.pool) holds around
+:class:`pipeline.editing.Editor`, plus the crash ledger.
 
 One actor = one loaded model on one device. The editing itself (grouping, tensors, seeds, the
 kernel call, the L2 figure, error rows) is the Ray-free :class:`~pipeline.editing.Editor`; what is
@@ -18,9 +19,10 @@ from pipeline.errors import ItemError
 from pipeline.ledger import LedgerClient, work_key
 from pipeline.rows import RESULT_SCHEMA
 
-# Batches a restarted model process takes one item at a time before trusting the ledger's count: Ray
-# Data keeps up to 2 batches in flight per actor (Ray 2.60), all retried after a death, in an order
-# that is not promised; the count alone would miss a death whose fire-and-forget ``begin`` was lost.
+# Batches a restarted model process takes one item at a time before trusting the ledger's count: the
+# pool keeps up to 2 batches in flight per actor (pipeline.pool.IN_FLIGHT), all retried after a death,
+# in an order that is not promised; the count alone would miss a death whose lost fire-and-forget
+# ``begin`` would have told it.
 SUSPECT_BATCHES = 4
 
 
@@ -34,7 +36,8 @@ class ActorSettings:
 
 
 class SDEditor:
-    """Callable class for ``map_batches``: ``__init__`` loads the model, ``__call__`` edits a batch."""
+    """Callable class: ``__init__`` loads the model, ``__call__`` edits an Arrow batch (pipeline.pool's
+    actors hold one each)."""
 
     def __init__(self, settings: ActorSettings) -> None:
         self.settings = settings

@@ -1,8 +1,9 @@
 """Crash ledger: counts unfinished attempts per batch and per item, so a poison item ends as an error row.
 
-Ray restarts a model actor whose process died and retries its batch, without limit (Ray Data's
-default for actor pools). An item that kills the process every time (a segfault in a custom op, an
-out-of-memory kill on one odd input) would then be retried forever. The ledger lives in the job's
+Ray restarts a model actor whose process died and retries its batches, without limit (the model
+pool, pipeline.pool, creates them with ``max_restarts=-1`` and ``max_task_retries=-1``). An item
+that kills the process every time (a segfault in a custom op, an out-of-memory kill on one odd
+input) would then be retried forever. The ledger lives in the job's
 small bookkeeping actor (:class:`pipeline.tracker.JobBook`), which the model actors report to.
 
 The protocol costs a healthy actor no waiting: before a batch it sends ``begin`` and after it

@@ -1,7 +1,8 @@
-"""The job: the one place that wires the stages into a Ray Data graph and sets their resources.
+"""The job: the one place that wires the stages and sets their resources.
 
-plan shards -> drop finished ones (resume) -> read pending shards in blocks -> decode (CPU tasks)
--> SDEditor (actor pool, CPU or GPU) -> write images and index parts (CPU tasks) -> finish each shard
+plan shards -> drop finished ones (resume) -> read pending shards in blocks -> decode (Ray Data CPU
+tasks) -> SDEditor actors (pipeline.pool, CPU or GPU, fed batch by batch by this driver) -> write
+images and index parts (Ray CPU tasks) -> finish each shard
 as soon as its outputs are written (index file, tar, record) -> summary from the shard records,
 job.json, contact sheet. Everything that can be checked before the cluster does any work is checked
 first (:func:`preflight`). A small job on one model runs the same stages in this process instead

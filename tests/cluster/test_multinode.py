@@ -3,7 +3,7 @@
 Checks that the model actors spread over the worker nodes and that outputs come from actors on
 different nodes, that every item comes out exactly once, and that the job still completes when a
 node holding an actor is removed in the middle of the run (the pool restarts the actor on the
-spare node; Ray Data retries the lost tasks). Which node produced which output is recorded by a
+spare node; Ray retries the lost batches and tasks). Which node produced which output is recorded by a
 thin subclass of the real actor (test instrumentation only: it adds a record file per batch).
 """
 
