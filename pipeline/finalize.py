@@ -168,12 +168,13 @@ def write_image_metadata(fs: Any, root: str, shard: str, table: pa.Table) -> str
     return rel
 
 
-def backfill_image_metadata(out_uri: str, options: Mapping[str, Any] | None) -> int:
-    """Write the image metadata of finished shards whose record has none (shards finished by a
-    version before 2026-11-30, kept by a resume); how many were written."""
+def backfill_image_metadata(out_uri: str, options: Mapping[str, Any] | None,
+                            records: Mapping[str, Mapping[str, Any]]) -> int:
+    """Write the image metadata of finished shards whose record (``records``: :func:`read_records`'
+    result) has none: shards finished by a version before 2026-11-30, kept by a resume. How many were written."""
     fs, root = url_to_fs(out_uri, options)
     written = 0
-    for name, record in read_records(out_uri, options).items():
+    for name, record in records.items():
         if "image_metadata" in record or record.get("webdataset"):
             continue
         tables = [_read(fs, join_uri(root, rel)) for rel in record.get("index_files", [])]

@@ -199,22 +199,19 @@ class Outstanding:
 
     def add(self, ref: Any) -> None:
         self.refs.append(ref)
-        self._check(block=len(self.refs) > self.limit)
-
-    def _check(self, block: bool) -> None:
-        while self.refs:
-            done, self.refs = ray.wait(self.refs, num_returns=1 if block else len(self.refs),
-                                       timeout=None if block else 0, fetch_local=False)
-            if done:
-                ray.get(done)  # raises the task's error (or the error of the batch it was to write)
-            if self.on_progress is not None:
-                self.on_progress()
-            if not block or len(self.refs) <= self.limit:
-                return
+        self._reap(wait=len(self.refs) > self.limit)
+        while len(self.refs) > self.limit:
+            self._reap(wait=True)
 
     def drain(self) -> None:
         while self.refs:
-            done, self.refs = ray.wait(self.refs, num_returns=1, fetch_local=False)
-            ray.get(done)
-            if self.on_progress is not None:
-                self.on_progress()
+            self._reap(wait=True)
+
+    def _reap(self, wait: bool) -> None:
+        """Drop the finished refs (``wait``: for at least one), raising a failed task's error."""
+        done, self.refs = ray.wait(self.refs, num_returns=1 if wait else len(self.refs),
+                                   timeout=None if wait else 0, fetch_local=False)
+        if done:
+            ray.get(done)  # raises the task's error (or the error of the batch it was to write)
+        if self.on_progress is not None:
+            self.on_progress()

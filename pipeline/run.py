@@ -26,7 +26,7 @@ import ray
 from pipeline.actor import ActorSettings, SDEditor
 from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.editing import EditSettings
-from pipeline.finalize import FinishSettings, backfill_image_metadata, finish_shard, remove_empty_work
+from pipeline.finalize import FinishSettings, backfill_image_metadata, finish_shard, read_records, remove_empty_work
 from pipeline.local import LocalCounter, choose_executor, run_local
 from pipeline.lock import OutputLock
 from pipeline.outdir import prepare_output, write_dataset_card, write_job_record
@@ -197,12 +197,13 @@ def _run_locked(spec: JobSpec, plan: Plan, sheet: bool, start: float, address: s
         done_with("execute")
     else:
         _execute_on_ray(spec, plan, shards, work, run_id, running, expected, done_with)
-    summary = summarize_records(spec.output.uri, out_options, time.perf_counter() - start, run_id)
+    records = read_records(spec.output.uri, out_options)  # read once: the summary and the backfill
+    summary = summarize_records(spec.output.uri, records, time.perf_counter() - start, run_id)
     done_with("summarize")
     write_job_record(spec, {"status": "finished", "model": plan.describe(), "executor": executor,
                             "summary": summary.as_dict(), "shards": running["shards"], "phases_s": phases})
-    if summary.resumed_outputs and not spec.output.embed_images and not spec.output.webdataset:
-        backfill_image_metadata(spec.output.uri, out_options)  # shards an older version finished
+    if not spec.output.embed_images and not spec.output.webdataset:
+        backfill_image_metadata(spec.output.uri, out_options, records)  # shards an older version finished
     write_dataset_card(spec, plan.describe(), summary.as_dict(), run_id)
     log.info("sdedit: phases (s): %s", ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     if sheet and spec.output.sheet_items:

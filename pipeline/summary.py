@@ -105,24 +105,24 @@ def index_counts(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def summarize_records(out_uri: str, options: Mapping[str, Any] | None, wall_s: float, run_id: str) -> RunSummary:
-    """The run's summary from the shard records (pipeline.finalize): O(shards), never the whole index.
+def summarize_records(out_uri: str, records: Mapping[str, Mapping[str, Any]], wall_s: float,
+                      run_id: str) -> RunSummary:
+    """The run's summary from the shard records (``records``: :func:`pipeline.finalize.read_records`'
+    result): O(shards), never the whole index.
 
     A record is written from its shard's index rows, so the counts are those of the index on disk.
     ``run_id``: this run; what records of other runs hold was made earlier (resumed).
     """
-    from pipeline.finalize import read_records
-
-    records = read_records(out_uri, options).values()
+    shards = list(records.values())
     failures: Counter[str] = Counter()
-    for r in records:
+    for r in shards:
         failures.update(r.get("failures_by_reason", {}))
-    outputs = sum(r["outputs"] for r in records)
-    new = sum(r["outputs_new"] for r in records if r.get("run_id") == run_id)
+    outputs = sum(r["outputs"] for r in shards)
+    new = sum(r["outputs_new"] for r in shards if r.get("run_id") == run_id)
     return RunSummary(
-        out_uri=out_uri, items=sum(r["items"] for r in records), outputs=outputs,
-        outputs_ok=sum(r["outputs_ok"] for r in records), items_failed=sum(r["items_failed"] for r in records),
+        out_uri=out_uri, items=sum(r["items"] for r in shards), outputs=outputs,
+        outputs_ok=sum(r["outputs_ok"] for r in shards), items_failed=sum(r["items_failed"] for r in shards),
         failures_by_reason=dict(failures), wall_s=wall_s, resumed_outputs=outputs - new,
-        items_run=sum(r["items_new"] for r in records if r.get("run_id") == run_id),
-        items_with_notes=sum(r["items_with_notes"] for r in records),
+        items_run=sum(r["items_new"] for r in shards if r.get("run_id") == run_id),
+        items_with_notes=sum(r["items_with_notes"] for r in shards),
     )

@@ -277,11 +277,7 @@ def test_local_executor_writes_what_ray_writes(parquet_run: dict[str, Any], loca
     (but the model's timing), the shard records but for the run's own fields."""
     ray_out, local_out = parquet_run["out"], local_run["out"]
     assert local_run["summary"].exit_code == 0 and local_run["summary"].outputs == parquet_run["summary"].outputs
-
-    def files(out: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
-
-    assert files(local_out) == files(ray_out) and len(files(ray_out)) == 2 * 4 + 3
+    assert _image_files(local_out) == _image_files(ray_out) and len(_image_files(ray_out)) == 2 * 4 + 3
     timing = ["duration_ms"]
     pd.testing.assert_frame_equal(local_run["df"].drop(columns=timing), parquet_run["df"].drop(columns=timing))
     own = {"run_id", "finished_at", "model_seconds_new"}
@@ -304,10 +300,11 @@ def test_autoscaling_pool_writes_what_a_fixed_pool_writes(tmp_path: Path, parque
                                output={"sheet_items": 0}))
     summary = run_job(spec)
     assert summary.exit_code == 0 and summary.outputs == parquet_run["summary"].outputs
-
-    def files(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "images").rglob("*.png"))}
-
-    assert files(out) == files(parquet_run["out"])
+    assert _image_files(out) == _image_files(parquet_run["out"])
     df = pd.read_parquet(out / "index")
     assert not df.duplicated(["id", "t0", "sample"]).any() and len(df) == len(parquet_run["df"])
+
+
+def _image_files(out: Path) -> dict[str, bytes]:
+    """The output's image files by path relative to OUT, with their bytes."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}

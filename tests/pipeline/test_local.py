@@ -150,8 +150,7 @@ def test_shards_finished_without_image_metadata_get_it_on_resume(tmp_path: Path,
         record = json.loads(record_file.read_text())
         del record["image_metadata"]
         record_file.write_text(json.dumps(record))
-        (out / record["index_files"][0].replace("index", "images").replace(".parquet", "")
-         / "metadata.parquet").unlink()
+        (out / pipeline.finalize.image_metadata_path(record["shard"])).unlink()
     again = run_job(build_spec(data))
     assert again.resumed_outputs == 10 and again.items_run == 0
     for name, table in metadata.items():
